@@ -1,0 +1,1 @@
+"""The Qwen3 classifier engine, checkpoints and the offline trainer. Never imports faust."""

@@ -1,0 +1,149 @@
+"""Input, output and dead-letter messages (DESIGN.md "Contracts"), encoded with orjson.
+
+Decoding is strict on purpose: a review whose ``id`` is a number or whose ``text`` is missing is
+a producer bug, and it is better surfaced in the dead-letter topic than guessed at. Unknown extra
+fields are ignored so that producers can add fields without breaking the worker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from schemas.errors import DecodeError, EmptyTextError, InvalidMessage, SchemaError, TooLargeError
+
+Headers = list[tuple[str, bytes]]
+
+
+class Review(BaseModel):
+    """A product review as producers write it to the input topic."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True, title="Review")
+
+    id: str = Field(min_length=1, description="Producer's identifier; the result carries it back.")
+    text: str = Field(description="The review text (UTF-8). Empty or white-space-only is rejected.")
+    ts: int | None = Field(default=None, ge=0, description="Producer time, epoch milliseconds.")
+    lang: str | None = Field(default=None, description="Language tag, e.g. 'zh'. Informational.")
+    source: str | None = Field(default=None, description="Where the review came from. Informational.")
+    meta: dict[str, Any] | None = Field(default=None, description="Opaque object, passed through.")
+
+
+class ModelRef(BaseModel):
+    """Which model produced a result."""
+
+    model_config = ConfigDict(frozen=True, title="ModelRef")
+
+    name: str
+    version: str
+
+
+class SentimentResult(BaseModel):
+    """One labelled result per valid review, written to the output topic."""
+
+    model_config = ConfigDict(frozen=True, title="SentimentResult")
+
+    id: str = Field(description="The input review's id.")
+    label: str = Field(description="Most probable label name, e.g. 'negative' or 'positive'.")
+    label_id: int = Field(ge=0, description="Index of the label in the checkpoint's label list.")
+    scores: dict[str, float] = Field(description="Label name → probability; the values sum to 1.")
+    model: ModelRef
+    truncated: bool = Field(description="True when the text was longer than the model's max length.")
+    ts_in: int = Field(description="Input's ts, or the broker timestamp when absent (epoch ms).")
+    ts_out: int = Field(description="When the result was produced (epoch ms).")
+    meta: dict[str, Any] | None = Field(default=None, description="The input's meta, unchanged.")
+
+
+class DeadLetterHeaders(BaseModel):
+    """Headers on a dead letter; its value is the original bytes, unchanged."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, title="DeadLetterHeaders")
+
+    error_class: str = Field(alias="error.class", description="Error class name, e.g. 'DecodeError'.")
+    error_reason: str = Field(
+        alias="error.reason",
+        description="One of decode, schema, empty_text, too_large, model_error.",
+    )
+    error_message: str = Field(alias="error.message", description="Human-readable cause.")
+    source_topic: str = Field(alias="source.topic")
+    source_partition: str = Field(alias="source.partition", description="Decimal partition number.")
+    source_offset: str = Field(alias="source.offset", description="Decimal offset.")
+
+
+def decode_review(value: bytes | None, *, max_bytes: int) -> Review:
+    """Decode and validate one raw input value, or raise an :class:`InvalidMessage` subclass."""
+    if value is None:
+        raise DecodeError("message has no value (tombstone)")
+    if len(value) > max_bytes:
+        raise TooLargeError(f"value is {len(value)} bytes, over the {max_bytes}-byte limit")
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"not UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise SchemaError(f"expected a JSON object, got {type(obj).__name__}")
+    try:
+        review = Review.model_validate(obj)
+    except ValidationError as exc:
+        raise SchemaError(_summarise(exc)) from None
+    if not review.text.strip():
+        raise EmptyTextError("text is empty")
+    return review
+
+
+def _summarise(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:3]:
+        where = ".".join(str(p) for p in err["loc"]) or "value"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def encode_result(
+    review: Review,
+    *,
+    labels: Sequence[str],
+    probabilities: Sequence[float],
+    truncated: bool,
+    model: ModelRef,
+    ts_in: int,
+    ts_out: int | None = None,
+) -> bytes:
+    """Serialise one :class:`SentimentResult` without building the pydantic object (hot path)."""
+    label_id = max(range(len(probabilities)), key=probabilities.__getitem__)
+    return orjson.dumps(
+        {
+            "id": review.id,
+            "label": labels[label_id],
+            "label_id": label_id,
+            "scores": {name: float(p) for name, p in zip(labels, probabilities, strict=True)},
+            "model": {"name": model.name, "version": model.version},
+            "truncated": truncated,
+            "ts_in": ts_in,
+            "ts_out": ts_out if ts_out is not None else now_ms(),
+            "meta": review.meta,
+        }
+    )
+
+
+def dead_letter_headers(
+    error: InvalidMessage, *, topic: str, partition: int, offset: int, original: Headers | None = None
+) -> Headers:
+    """The input's own headers followed by the error headers of DESIGN.md."""
+    message = str(error)[:1000]
+    return [
+        *(original or []),
+        ("error.class", type(error).__name__.encode()),
+        ("error.reason", error.reason.encode()),
+        ("error.message", message.encode("utf-8", "replace")),
+        ("source.topic", topic.encode()),
+        ("source.partition", str(partition).encode()),
+        ("source.offset", str(offset).encode()),
+    ]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000

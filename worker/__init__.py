@@ -1,0 +1,1 @@
+"""The Faust worker: Kafka I/O, micro-batching, publishing, metrics and the CLI."""

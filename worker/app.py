@@ -1,0 +1,166 @@
+"""The Faust app: consume raw bytes, micro-batch with ``take_events``, hand batches to the pipeline.
+
+Traps handled here (DESIGN.md "Delivery semantics"):
+- values are consumed as raw bytes and decoded in the pipeline, so bad input reaches the DLQ
+  instead of being skipped by faust's deserializer;
+- ``take_events`` acks the whole buffer when its body ends, even by an exception or a
+  cancellation, so the body never lets an error escape: a batch is finished (published and
+  acknowledged) before control returns, also when the agent is being cancelled, and a failure
+  to publish ends the process before faust can commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import faust
+from faust.types import EventT
+from faust.web import Request, Response, View
+from prometheus_client import CollectorRegistry, generate_latest
+
+from models.engine import Classifier
+from schemas.messages import Headers
+from worker.metrics import METRICS_CONTENT_TYPE, Metrics
+from worker.pipeline import BatchProcessor, Record, Topics
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXIT_PUBLISH_FAILED = 70
+
+
+class FaustPublisher:
+    """Sends through faust's own producer; ``send`` returns aiokafka's delivery future."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> Awaitable[Any]:
+        return await self.app.producer.send(topic, key, value, None, None, headers)
+
+
+def to_record(event: EventT) -> Record:
+    msg = event.message
+    headers = msg.headers
+    if isinstance(headers, dict):
+        headers = list(headers.items())
+    return Record(
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        key=msg.key,
+        value=msg.value,
+        headers=list(headers or []),
+        timestamp_ms=int(msg.timestamp * 1000),
+    )
+
+
+def create_app(settings: Settings, classifier: Classifier, registry: CollectorRegistry) -> faust.App:
+    app = faust.App(
+        settings.group_id,
+        broker=[f"kafka://{b}" for b in settings.broker_list],
+        key_serializer="raw",
+        value_serializer="raw",
+        store="memory://",
+        datadir=str(settings.home / "faust"),
+        autodiscover=False,
+        web_enabled=True,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        consumer_auto_offset_reset=settings.offset_reset,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
+        broker_commit_interval=settings.commit_interval_s,
+        producer_acks=-1,
+    )
+    metrics = Metrics.create(registry)
+    info = classifier.info
+    metrics.model_info.info(
+        {"name": info.name, "version": info.version, "kind": info.kind, "device": info.device, "dtype": info.dtype}
+    )
+    source = app.topic(settings.input_topic, key_type=bytes, value_type=bytes)
+    sinks = [app.topic(t, key_type=bytes, value_type=bytes) for t in (settings.output_topic, settings.dlq_topic)]
+    # One model thread: the GPU runs one batch at a time anyway, and the event loop stays free.
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+    processor = BatchProcessor(
+        classifier,
+        FaustPublisher(app),
+        Topics(output=settings.output_topic, dlq=settings.dlq_topic),
+        metrics,
+        executor,
+        max_message_bytes=settings.max_message_bytes,
+    )
+
+    @app.task
+    async def declare_sinks() -> None:
+        for topic in sinks:
+            await topic.maybe_declare()
+
+    @app.agent(source)
+    async def classify(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_wait_s):
+            await finish_batch(processor, [to_record(e) for e in events])
+
+    @app.page("/metrics")
+    async def metrics_view(self: View, request: Request) -> Response:
+        return self.bytes(generate_latest(registry), content_type=METRICS_CONTENT_TYPE)
+
+    @app.page("/healthz")
+    async def healthz(self: View, request: Request) -> Response:
+        return self.json({"status": "ok"})
+
+    @app.page("/readyz")
+    async def readyz(self: View, request: Request) -> Response:
+        assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment())
+        ready = bool(assigned) and classifier.health()
+        return self.json({"ready": ready, "assigned": assigned}, status=200 if ready else 503)
+
+    return app
+
+
+async def finish_batch(processor: BatchProcessor, records: list[Record]) -> None:
+    """Run the batch to completion even if this task is cancelled meanwhile (shutdown, rebalance).
+
+    ``take_events`` acks the batch as soon as this returns or raises; finishing first is what
+    makes a clean stop repeat nothing and lose nothing. A batch that cannot be published ends
+    the process without a commit, so it is consumed again after restart.
+    """
+    task = asyncio.ensure_future(processor.process(records))
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+        except BaseException:
+            break
+    exc = task.exception()
+    if exc is not None:
+        log.critical("batch of %d could not be completed, exiting without commit: %r", len(records), exc)
+        logging.shutdown()
+        os._exit(EXIT_PUBLISH_FAILED)
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+def run_worker(settings: Settings) -> None:
+    """Load the model, then run the Faust worker until SIGTERM/SIGINT (blocks)."""
+    from models.default import default_checkpoint
+    from models.engine import load_classifier
+
+    checkpoint = settings.checkpoint or default_checkpoint(settings.home)
+    classifier = load_classifier(
+        checkpoint, device=settings.device, dtype=settings.dtype, max_batch_tokens=settings.max_batch_tokens
+    )
+    info = classifier.info
+    log.info("model %s %s loaded from %s on %s (%s)", info.name, info.version, checkpoint, info.device, info.dtype)
+    app = create_app(settings, classifier, CollectorRegistry())
+    faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()

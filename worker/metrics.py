@@ -1,0 +1,77 @@
+"""The worker's Prometheus metrics as one typed bundle (faust ``sensors/prometheus.py`` style).
+
+Durations are seconds with explicit buckets from 1 ms to 30 s; tests build the bundle on a
+fresh ``CollectorRegistry`` each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, Info
+
+from schemas.errors import DEAD_LETTER_REASONS
+
+# aiohttp (faust's web server) takes the charset apart from the content type; UTF-8 is its default.
+METRICS_CONTENT_TYPE = "; ".join(p for p in CONTENT_TYPE_LATEST.split("; ") if not p.startswith("charset"))
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+REVIEW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+TOKEN_BUCKETS = (64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    messages_in: Counter
+    messages_out: Counter
+    dead_letters: Counter
+    end_to_end_latency: Histogram
+    model_batch_latency: Histogram
+    batch_reviews: Histogram
+    batch_tokens: Histogram
+    model_info: Info
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry, prefix: str = "sentiment") -> Metrics:
+        def name(n: str) -> str:
+            return f"{prefix}_{n}"
+
+        m = cls(
+            messages_in=Counter(
+                name("messages_in"), "Input messages taken from Kafka.", registry=registry
+            ),
+            messages_out=Counter(
+                name("messages_out"), "Results published (broker-acknowledged).", registry=registry
+            ),
+            dead_letters=Counter(
+                name("dead_letters"),
+                "Messages dead-lettered (broker-acknowledged), by reason.",
+                ["reason"],
+                registry=registry,
+            ),
+            end_to_end_latency=Histogram(
+                name("end_to_end_latency_seconds"),
+                "Producer timestamp (ts, else broker timestamp) to result acknowledged.",
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            model_batch_latency=Histogram(
+                name("model_batch_seconds"),
+                "Time the model spent on one micro-batch (tokenising included).",
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            batch_reviews=Histogram(
+                name("batch_size_reviews"), "Reviews per micro-batch.", buckets=REVIEW_BUCKETS, registry=registry
+            ),
+            batch_tokens=Histogram(
+                name("batch_size_tokens"),
+                "Real (unpadded) tokens per micro-batch.",
+                buckets=TOKEN_BUCKETS,
+                registry=registry,
+            ),
+            model_info=Info(name("model"), "The served model.", registry=registry),
+        )
+        for reason in DEAD_LETTER_REASONS:  # every reason visible at 0 from the start
+            m.dead_letters.labels(reason=reason)
+        return m

@@ -1,0 +1,178 @@
+"""What happens to one micro-batch: decode, classify off the event loop, publish, account.
+
+Kept free of faust so it can be unit-tested with fakes: it sees raw records (bytes in, bytes
+out) and a :class:`Publisher` whose ``send`` returns a future of the broker's acknowledgement.
+The contract with the caller: when :meth:`BatchProcessor.process` returns, every record of the
+batch has an acknowledged result or dead letter, so its offsets may be committed. Errors it can
+handle (bad input, model failure) become dead letters; errors it cannot (the broker refusing
+writes) are raised as :class:`PublishError`, and the caller must stop before committing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from models.engine import Classifier, Prediction
+from schemas.errors import InvalidMessage, ModelError, SentimentError
+from schemas.messages import (
+    Headers,
+    ModelRef,
+    Review,
+    dead_letter_headers,
+    decode_review,
+    encode_result,
+    now_ms,
+)
+from worker.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class PublishError(SentimentError):
+    """The broker did not acknowledge a result or dead letter; offsets must not be committed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed message, as the pipeline needs it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    timestamp_ms: int
+
+
+class Publisher(Protocol):
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers
+    ) -> Awaitable[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    output: str
+    dlq: str
+
+
+class BatchProcessor:
+    def __init__(
+        self,
+        classifier: Classifier,
+        publisher: Publisher,
+        topics: Topics,
+        metrics: Metrics,
+        executor: Executor,
+        *,
+        max_message_bytes: int,
+        clock_ms: Callable[[], int] = now_ms,
+    ) -> None:
+        self.classifier = classifier
+        self.publisher = publisher
+        self.topics = topics
+        self.metrics = metrics
+        self.executor = executor
+        self.max_message_bytes = max_message_bytes
+        self.clock_ms = clock_ms
+        info = classifier.info
+        self.model_ref = ModelRef(name=info.name, version=info.version)
+        self.labels = info.labels
+
+    async def process(self, records: Sequence[Record]) -> None:
+        """Handle a batch completely; see the module docstring for the guarantee."""
+        self.metrics.messages_in.inc(len(records))
+        valid: list[tuple[Record, Review]] = []
+        dead: list[tuple[Record, InvalidMessage]] = []
+        for rec in records:
+            try:
+                valid.append((rec, decode_review(rec.value, max_bytes=self.max_message_bytes)))
+            except InvalidMessage as exc:
+                dead.append((rec, exc))
+
+        predictions = await self._classify([review for _, review in valid])
+        pending: list[tuple[Awaitable[Any], Callable[[], None]]] = []
+        ts_out = self.clock_ms()
+        for (rec, review), pred in zip(valid, predictions, strict=True):
+            if isinstance(pred, InvalidMessage):
+                dead.append((rec, pred))
+                continue
+            ts_in = review.ts if review.ts is not None else rec.timestamp_ms
+            value = encode_result(
+                review,
+                labels=self.labels,
+                probabilities=pred.probabilities,
+                truncated=pred.truncated,
+                model=self.model_ref,
+                ts_in=ts_in,
+                ts_out=ts_out,
+            )
+            fut = await self.publisher.send(self.topics.output, rec.key, value, rec.headers)
+            pending.append((fut, self._on_result(ts_in)))
+        for rec, exc in dead:
+            pending.append((await self._dead_letter(rec, exc), self._on_dead(exc)))
+        await self._await_acks(pending)
+
+    async def _classify(self, reviews: Sequence[Review]) -> list[Prediction | InvalidMessage]:
+        """Run the model in its thread; a failing batch is retried text by text to isolate it."""
+        if not reviews:
+            return []
+        loop = asyncio.get_running_loop()
+        texts = [r.text for r in reviews]
+        started = time.perf_counter()
+        try:
+            preds: list[Prediction | InvalidMessage] = list(
+                await loop.run_in_executor(self.executor, self.classifier.classify, texts)
+            )
+        except Exception as exc:
+            log.warning("model failed on a batch of %d (%r); retrying one by one", len(texts), exc)
+            preds = [await self._classify_one(loop, text) for text in texts]
+        self.metrics.model_batch_latency.observe(time.perf_counter() - started)
+        self.metrics.batch_reviews.observe(len(texts))
+        self.metrics.batch_tokens.observe(sum(p.n_tokens for p in preds if isinstance(p, Prediction)))
+        return preds
+
+    async def _classify_one(self, loop: asyncio.AbstractEventLoop, text: str) -> Prediction | InvalidMessage:
+        try:
+            [pred] = await loop.run_in_executor(self.executor, self.classifier.classify, [text])
+            return pred
+        except Exception as exc:
+            return ModelError(f"model failed: {type(exc).__name__}: {exc}")
+
+    async def _dead_letter(self, rec: Record, exc: InvalidMessage) -> Awaitable[Any]:
+        """The single place dead-letter decisions are made and logged."""
+        log.warning(
+            "dead-lettering %s[%d]@%d: %s: %s", rec.topic, rec.partition, rec.offset, exc.reason, exc
+        )
+        headers = dead_letter_headers(
+            exc, topic=rec.topic, partition=rec.partition, offset=rec.offset, original=rec.headers
+        )
+        return await self.publisher.send(self.topics.dlq, rec.key, rec.value or b"", headers)
+
+    def _on_result(self, ts_in: int) -> Callable[[], None]:
+        def done() -> None:
+            self.metrics.messages_out.inc()
+            self.metrics.end_to_end_latency.observe(max(0, self.clock_ms() - ts_in) / 1000)
+
+        return done
+
+    def _on_dead(self, exc: InvalidMessage) -> Callable[[], None]:
+        return lambda: self.metrics.dead_letters.labels(reason=exc.reason).inc()
+
+    async def _await_acks(self, pending: Sequence[tuple[Awaitable[Any], Callable[[], None]]]) -> None:
+        results = await asyncio.gather(*(fut for fut, _ in pending), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        for result, (_, on_ack) in zip(results, pending, strict=True):
+            if not isinstance(result, BaseException):
+                on_ack()
+        if failures:
+            raise PublishError(
+                f"{len(failures)} of {len(pending)} sends were not acknowledged: {failures[0]!r}"
+            )

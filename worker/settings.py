@@ -1,0 +1,108 @@
+"""One frozen settings object per process, read from ``SENTIMENT_*`` variables and CLI options.
+
+This is the only place the environment is read. Every field is documented here, and the CLI
+builds its ``--option`` help from these descriptions, so the two never drift apart. CLI options
+win over environment variables, which win over the defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.errors import ConfigError
+
+ENV_PREFIX = "SENTIMENT_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+
+    # --- Kafka ---------------------------------------------------------------------------------
+    brokers: str = Field(
+        default="127.0.0.1:9092", description="Bootstrap servers, host:port[,host:port]."
+    )
+    input_topic: str = Field(default="reviews", description="Topic the reviews are consumed from.")
+    output_topic: str = Field(default="reviews.sentiment", description="Topic results are published to.")
+    dlq_topic: str = Field(default="reviews.dlq", description="Topic malformed input is dead-lettered to.")
+    group_id: str = Field(
+        default="sentiment-worker",
+        description="Consumer group (and Faust app id); workers sharing it split the partitions.",
+    )
+    partitions: int = Field(
+        default=4, ge=1, description="Partitions for topics this program creates (worker, broker)."
+    )
+    replication: int = Field(default=1, ge=1, description="Replication factor for topics it creates.")
+    offset_reset: Literal["earliest", "latest"] = Field(
+        default="earliest", description="Where a new consumer group starts reading."
+    )
+    session_timeout_s: float = Field(
+        default=10.0,
+        ge=3,
+        description="Consumer session timeout: a worker silent this long loses its partitions. "
+        "The dev broker holds a new group's first join for about half of it.",
+    )
+    rebalance_timeout_s: float = Field(
+        default=10.0, gt=0, description="How long a rebalance waits for members to rejoin."
+    )
+    commit_interval_s: float = Field(
+        default=1.0, gt=0, description="How often acknowledged offsets are committed."
+    )
+
+    # --- model ---------------------------------------------------------------------------------
+    checkpoint: Path | None = Field(
+        default=None,
+        description="Checkpoint directory (manifest.json + safetensors + tokenizer). "
+        "Default: the embedded tiny Qwen3, built under --home on first use.",
+    )
+    device: str = Field(default="auto", description="'auto' (CUDA if present, else CPU), 'cpu', 'cuda:0'.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="'auto' is bfloat16 on CUDA and float32 on CPU."
+    )
+    max_batch_tokens: int = Field(
+        default=16384,
+        ge=1,
+        description="Token budget of one model batch, counted padded (longest × count). Larger "
+        "amortises launches; too large wastes memory on padding.",
+    )
+
+    # --- batching and limits -------------------------------------------------------------------
+    batch_size: int = Field(
+        default=256, ge=1, description="Most reviews taken from Kafka into one micro-batch."
+    )
+    batch_wait_s: float = Field(
+        default=0.05,
+        gt=0,
+        description="Longest wait to fill a micro-batch; bounds latency when traffic is light.",
+    )
+    max_message_bytes: int = Field(
+        default=1_000_000, ge=1, description="Larger input values are dead-lettered (too_large)."
+    )
+
+    # --- process -------------------------------------------------------------------------------
+    web_port: int = Field(default=6066, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz.")
+    web_host: str = Field(default="0.0.0.0", description="Address the web server binds.")
+    port: int = Field(default=9092, ge=1, le=65535, description="Port of `sentiment broker`.")
+    home: Path = Field(
+        default=Path.home() / ".cache" / "qwen3-sentiment",
+        description="Data directory: the default checkpoint, tokenizer cache, Faust state.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+
+    @property
+    def broker_list(self) -> list[str]:
+        return [b.strip() for b in self.brokers.split(",") if b.strip()]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with the non-None ``overrides`` (CLI options) on top."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None
