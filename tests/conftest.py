@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny Qwen3 checkpoints (real tokenizer, real loading code) and the dev broker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from models.tiny import build_tiny_checkpoint
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the converted Qwen tokenizer is cached for the whole session."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """A random tiny Qwen3 sequence classifier, saved and loaded like a real one."""
+    return build_tiny_checkpoint(
+        tmp_path_factory.mktemp("ckpt") / "tiny", cache_dir=cache_dir, max_length=64, seed=1
+    )
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[str]:
+    """The real dev broker (tansu) on a free port, for the whole session; yields host:port."""
+    from worker.broker import DevBroker, free_port
+
+    with DevBroker(free_port()) as dev:
+        yield dev.bootstrap
+
+
+@pytest.fixture
+def topics() -> dict[str, str]:
+    """Topic and group names unique to one test, so tests sharing the broker never collide."""
+    tag = uuid.uuid4().hex[:10]
+    return {
+        "input": f"reviews-{tag}",
+        "output": f"reviews.sentiment-{tag}",
+        "dlq": f"reviews.dlq-{tag}",
+        "group": f"sentiment-test-{tag}",
+    }

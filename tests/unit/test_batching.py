@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import pytest
+
+from models.batching import plan_batches
+
+
+def test_every_index_once_sorted_within_budget_and_cap() -> None:
+    lengths = [5, 100, 3, 40, 40, 7, 12, 90, 1, 33]
+    batches = plan_batches(lengths, max_batch_tokens=120, max_batch_size=3)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths)))
+    assert [lengths[i] for i in flat] == sorted(lengths)
+    for b in batches:
+        assert len(b) <= 3
+        assert max(lengths[i] for i in b) * len(b) <= 120
+
+
+def test_a_text_over_the_budget_gets_its_own_batch() -> None:
+    assert plan_batches([500, 2, 2], max_batch_tokens=100, max_batch_size=8) == [[1, 2], [0]]
+
+
+def test_budget_cuts_before_count() -> None:
+    # 4 texts of 10 tokens: budget 25 allows 2 per batch even though the cap is 8
+    assert plan_batches([10] * 4, max_batch_tokens=25, max_batch_size=8) == [[0, 1], [2, 3]]
+
+
+def test_rejects_nonsense_limits() -> None:
+    with pytest.raises(ValueError):
+        plan_batches([1], max_batch_tokens=0, max_batch_size=1)
