@@ -111,7 +111,9 @@ class SequenceClassifierEngine:
         _require(directory, "tokenizer.json")
         config = AutoConfig.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
         if config.model_type != "qwen3":
-            raise CheckpointError(f"{directory}/config.json: model_type is {config.model_type!r}, not 'qwen3'")
+            raise CheckpointError(
+                f"{directory}/config.json: model_type is {config.model_type!r}, not 'qwen3'"
+            )
         if config.num_labels != len(manifest.labels):
             raise CheckpointError(
                 f"{directory}: manifest.json lists {len(manifest.labels)} labels "
@@ -129,7 +131,8 @@ class SequenceClassifierEngine:
             )
         except (OSError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{directory}: cannot load the weights: {exc}") from exc
-        self.model = model.to(self.device).eval()
+        # transformers' decorated .to() confuses mypy about its first argument
+        self.model = model.to(self.device).eval()  # type: ignore[arg-type]
         self.pad_id: int | None = config.pad_token_id
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
         self.tokenizer = tokenizer.backend_tokenizer
@@ -179,7 +182,7 @@ class SequenceClassifierEngine:
     def _run(self, batch: list[int], ids: list[list[int]]) -> list[tuple[float, ...]]:
         """Forward one batch; on CUDA out-of-memory split it in two and retry each half."""
         try:
-            return self.forward([ids[i] for i in batch]).tolist()  # type: ignore[no-any-return]
+            return self.forward([ids[i] for i in batch]).tolist()
         except torch.cuda.OutOfMemoryError:
             if len(batch) == 1:
                 raise

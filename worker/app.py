@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import EventT
@@ -47,15 +47,13 @@ class FaustPublisher:
 def to_record(event: EventT) -> Record:
     msg = event.message
     headers = msg.headers
-    if isinstance(headers, dict):
-        headers = list(headers.items())
     return Record(
         topic=msg.topic,
         partition=msg.partition,
         offset=msg.offset,
         key=msg.key,
         value=msg.value,
-        headers=list(headers or []),
+        headers=list(headers.items()) if isinstance(headers, Mapping) else list(headers or []),
         timestamp_ms=int(msg.timestamp * 1000),
     )
 
@@ -84,10 +82,18 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
     metrics = Metrics.create(registry)
     info = classifier.info
     metrics.model_info.info(
-        {"name": info.name, "version": info.version, "kind": info.kind, "device": info.device, "dtype": info.dtype}
+        {
+            "name": info.name,
+            "version": info.version,
+            "kind": info.kind,
+            "device": info.device,
+            "dtype": info.dtype,
+        }
     )
     source = app.topic(settings.input_topic, key_type=bytes, value_type=bytes)
-    sinks = [app.topic(t, key_type=bytes, value_type=bytes) for t in (settings.output_topic, settings.dlq_topic)]
+    sinks = [
+        app.topic(t, key_type=bytes, value_type=bytes) for t in (settings.output_topic, settings.dlq_topic)
+    ]
     # One model thread: the GPU runs one batch at a time anyway, and the event loop stays free.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
     processor = BatchProcessor(
@@ -106,7 +112,10 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
 
     @app.agent(source)
     async def classify(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_wait_s):
+        # take_events is on faust.Stream, the runtime type, but not on the StreamT protocol
+        async for events in cast(faust.Stream, stream).take_events(
+            settings.batch_size, within=settings.batch_wait_s
+        ):
             await finish_batch(processor, [to_record(e) for e in events])
 
     @app.page("/metrics")
@@ -161,6 +170,9 @@ def run_worker(settings: Settings) -> None:
         checkpoint, device=settings.device, dtype=settings.dtype, max_batch_tokens=settings.max_batch_tokens
     )
     info = classifier.info
-    log.info("model %s %s loaded from %s on %s (%s)", info.name, info.version, checkpoint, info.device, info.dtype)
+    log.info(
+        "model %s %s loaded from %s on %s (%s)", info.name, info.version, checkpoint, info.device, info.dtype
+    )
+    (settings.home / "faust").mkdir(parents=True, exist_ok=True)
     app = create_app(settings, classifier, CollectorRegistry())
     faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()

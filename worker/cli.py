@@ -7,6 +7,7 @@ on each subcommand names the variable and the default.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import types
@@ -123,11 +124,22 @@ def broker(host: str, **options: Any) -> None:
 
 @cli.command()
 @settings_options(*KAFKA, "input_topic")
-@click.option("--file", "file", type=click.File("r", encoding="utf-8"), default="-",
-              help="File to read, one message per line ('-' = stdin).  [default: stdin]")
-@click.option("--format", "fmt", type=click.Choice(["auto", "json", "text"]), default="auto", show_default=True,
-              help="json: each line is a message value as is; text: each line is a review text; "
-                   "auto: lines starting with '{' are JSON.")  # fmt: skip
+@click.option(
+    "--file",
+    "file",
+    type=click.File("r", encoding="utf-8"),
+    default="-",
+    help="File to read, one message per line ('-' = stdin).  [default: stdin]",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "json", "text"]),
+    default="auto",
+    show_default=True,
+    help="json: each line is a message value as is; text: each line is a review text; "
+    "auto: lines starting with '{' are JSON.",
+)
 def produce(file: typing.TextIO, fmt: str, **options: Any) -> None:
     """Send reviews to the input topic, from a file or stdin, one per line."""
     from worker.clients import line_to_message, produce_values
@@ -144,7 +156,9 @@ def produce(file: typing.TextIO, fmt: str, **options: Any) -> None:
 
 @cli.command()
 @settings_options(*KAFKA, "output_topic")
-@click.option("--n", "limit", type=int, default=None, help="Stop after N messages.  [default: run until Ctrl-C]")
+@click.option(
+    "--n", "limit", type=int, default=None, help="Stop after N messages.  [default: run until Ctrl-C]"
+)
 @click.option("--timeout", "timeout_s", type=float, default=None,
               help="Stop after this many seconds with no new message.")  # fmt: skip
 @click.option("--from-end", is_flag=True, help="Only new messages (default: from the beginning).")
@@ -154,19 +168,18 @@ def tail(limit: int | None, timeout_s: float | None, from_end: bool, **options: 
 
     settings = load_settings(**options)
 
-    async def run() -> int:
-        n = 0
+    async def run() -> None:
         async for _key, value, _headers in consume(
-            settings.brokers, settings.output_topic, limit=limit, timeout_s=timeout_s, from_beginning=not from_end
+            settings.brokers,
+            settings.output_topic,
+            limit=limit,
+            timeout_s=timeout_s,
+            from_beginning=not from_end,
         ):
             click.echo((value or b"").decode("utf-8", "replace"))
-            n += 1
-        return n
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
 
 
 @cli.command()

@@ -29,10 +29,10 @@ def line_to_message(line: str, *, fmt: LineFormat, lineno: int) -> tuple[bytes |
         value = stripped.encode()
         try:
             obj = orjson.loads(value)
-            key = obj.get("id").encode() if isinstance(obj, dict) and isinstance(obj.get("id"), str) else None
         except orjson.JSONDecodeError:
-            key = None
-        return key, value
+            return None, value
+        review_id = obj.get("id") if isinstance(obj, dict) else None
+        return (review_id.encode() if isinstance(review_id, str) else None), value
     review_id = f"line-{lineno}-{uuid.uuid4().hex[:8]}"
     return review_id.encode(), orjson.dumps({"id": review_id, "text": stripped, "ts": now_ms()})
 

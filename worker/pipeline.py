@@ -52,9 +52,7 @@ class Record:
 
 
 class Publisher(Protocol):
-    async def send(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers
-    ) -> Awaitable[Any]: ...
+    async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> Awaitable[Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +114,8 @@ class BatchProcessor:
             )
             fut = await self.publisher.send(self.topics.output, rec.key, value, rec.headers)
             pending.append((fut, self._on_result(ts_in)))
-        for rec, exc in dead:
-            pending.append((await self._dead_letter(rec, exc), self._on_dead(exc)))
+        for rec, error in dead:
+            pending.append((await self._dead_letter(rec, error), self._on_dead(error)))
         await self._await_acks(pending)
 
     async def _classify(self, reviews: Sequence[Review]) -> list[Prediction | InvalidMessage]:
@@ -148,9 +146,7 @@ class BatchProcessor:
 
     async def _dead_letter(self, rec: Record, exc: InvalidMessage) -> Awaitable[Any]:
         """The single place dead-letter decisions are made and logged."""
-        log.warning(
-            "dead-lettering %s[%d]@%d: %s: %s", rec.topic, rec.partition, rec.offset, exc.reason, exc
-        )
+        log.warning("dead-lettering %s[%d]@%d: %s: %s", rec.topic, rec.partition, rec.offset, exc.reason, exc)
         headers = dead_letter_headers(
             exc, topic=rec.topic, partition=rec.partition, offset=rec.offset, original=rec.headers
         )

@@ -22,9 +22,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
 
     # --- Kafka ---------------------------------------------------------------------------------
-    brokers: str = Field(
-        default="127.0.0.1:9092", description="Bootstrap servers, host:port[,host:port]."
-    )
+    brokers: str = Field(default="127.0.0.1:9092", description="Bootstrap servers, host:port[,host:port].")
     input_topic: str = Field(default="reviews", description="Topic the reviews are consumed from.")
     output_topic: str = Field(default="reviews.sentiment", description="Topic results are published to.")
     dlq_topic: str = Field(default="reviews.dlq", description="Topic malformed input is dead-lettered to.")

@@ -57,9 +57,13 @@ def test_prediction_alone_equals_prediction_in_a_padded_batch(engine: SequenceCl
         assert alone.probabilities == pytest.approx(in_batch.probabilities, abs=1e-6)
 
 
-def test_token_budget_batching_keeps_input_order(tiny_checkpoint: Path, engine: SequenceClassifierEngine) -> None:
+def test_token_budget_batching_keeps_input_order(
+    tiny_checkpoint: Path, engine: SequenceClassifierEngine
+) -> None:
     texts = [r.text for r in sample_reviews(40, seed=5)]
-    small = load_classifier(tiny_checkpoint, device="cpu", dtype="float32", max_batch_tokens=64, max_batch_size=3)
+    small = load_classifier(
+        tiny_checkpoint, device="cpu", dtype="float32", max_batch_tokens=64, max_batch_size=3
+    )
     for a, b in zip(engine.classify(texts), small.classify(texts), strict=True):
         assert a.n_tokens == b.n_tokens
         assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)

@@ -71,14 +71,22 @@ def test_encoded_result_matches_the_schema_and_sums_to_one() -> None:
 
 def test_dead_letter_headers_keep_originals_and_name_the_source() -> None:
     headers = dead_letter_headers(
-        SchemaError("text: field required"), topic="reviews", partition=2, offset=41, original=[("trace", b"abc")]
+        SchemaError("text: field required"),
+        topic="reviews",
+        partition=2,
+        offset=41,
+        original=[("trace", b"abc")],
     )
     as_dict = {k: v.decode() for k, v in headers}
     assert headers[0] == ("trace", b"abc")
     assert as_dict["error.class"] == "SchemaError"
     assert as_dict["error.reason"] == "schema"
     assert as_dict["error.message"] == "text: field required"
-    assert (as_dict["source.topic"], as_dict["source.partition"], as_dict["source.offset"]) == ("reviews", "2", "41")
+    assert (as_dict["source.topic"], as_dict["source.partition"], as_dict["source.offset"]) == (
+        "reviews",
+        "2",
+        "41",
+    )
     schema = json.loads((SCHEMA_DIR / "dead-letter-headers.schema.json").read_text())
     jsonschema.validate({k: v for k, v in as_dict.items() if k != "trace"}, schema)
 

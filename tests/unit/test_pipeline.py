@@ -32,7 +32,8 @@ class FakeClassifier:
         if any("boom" in t for t in texts):
             raise RuntimeError("kernel exploded")
         return [
-            Prediction(int("好" in t), (0.2, 0.8) if "好" in t else (0.9, 0.1), len(t) > 16, len(t)) for t in texts
+            Prediction(int("好" in t), (0.2, 0.8) if "好" in t else (0.9, 0.1), len(t) > 16, len(t))
+            for t in texts
         ]
 
     def health(self) -> bool:

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up the project in ./.venv: PyTorch (CPU build, pinned), the project, and with --dev the
+# test and lint tools. Safe to run again; it only installs what is missing or changed.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+extras=""
+[[ "${1:-}" == "--dev" ]] && extras="[dev]"
+
+if [[ ! -x .venv/bin/python ]]; then
+  echo "• creating .venv" >&2
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+# Pinned first: an unpinned torch (asked for by transformers/peft) would pull a multi-GB CUDA build.
+echo "• installing torch==2.13.0" >&2
+.venv/bin/python -m pip install -q torch==2.13.0
+echo "• installing the project${extras}" >&2
+.venv/bin/python -m pip install -q -e ".${extras}"
+echo "• ready: .venv/bin/sentiment --help" >&2

@@ -1,0 +1,74 @@
+"""Run the real worker as a process against the session's dev broker."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from worker.broker import free_port
+
+WorkerFactory = Callable[..., subprocess.Popen[bytes]]
+
+
+def wait_ready(proc: subprocess.Popen[bytes], web_port: int, log: Path, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"worker exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"worker not ready in {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def start_worker(
+    broker: str, topics: dict[str, str], tiny_checkpoint: Path, tmp_path: Path
+) -> Iterator[WorkerFactory]:
+    """Start ``sentiment worker`` on this test's topics; stopped (SIGTERM) after the test."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(*extra: str) -> subprocess.Popen[bytes]:
+        web_port = free_port()
+        log = tmp_path / f"worker-{len(procs)}.log"
+        cmd = [
+            sys.executable, "-m", "worker", "worker",
+            "--brokers", broker,
+            "--input-topic", topics["input"],
+            "--output-topic", topics["output"],
+            "--dlq-topic", topics["dlq"],
+            "--group-id", topics["group"],
+            "--checkpoint", str(tiny_checkpoint),
+            "--home", str(tmp_path / "home"),
+            "--web-port", str(web_port),
+            "--web-host", "127.0.0.1",
+            "--session-timeout-s", "6",
+            "--commit-interval-s", "0.5",
+            *extra,
+        ]  # fmt: skip
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc.web_port = web_port  # type: ignore[attr-defined]
+        proc.log = log  # type: ignore[attr-defined]
+        procs.append(proc)
+        wait_ready(proc, web_port, log)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from worker.cli import cli
+
+SUBCOMMANDS = ["worker", "broker", "produce", "tail", "predict", "demo"]
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_every_subcommand_has_help_naming_its_env_vars(name: str) -> None:
+    result = CliRunner().invoke(cli, [name, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+    if name != "demo":
+        assert "SENTIMENT_" in result.output
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args], capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+def test_missing_checkpoint_is_a_clear_error_not_a_traceback(tmp_path: object) -> None:
+    proc = run("predict", "--checkpoint", "/nonexistent/ckpt", "--text", "很好")
+    assert proc.returncode == 2
+    assert "error: checkpoint directory /nonexistent/ckpt does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_invalid_setting_from_the_environment_is_reported(tmp_path: object) -> None:
+    import os
+
+    proc = run("predict", "--text", "x", env={**os.environ, "SENTIMENT_BATCH_SIZE": "many"})
+    assert proc.returncode == 2
+    assert "batch_size" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_predict_prints_json_lines(tiny_checkpoint: object) -> None:
+    import orjson
+
+    proc = run("predict", "--checkpoint", str(tiny_checkpoint), "--text", "很好", "--text", "太差了" * 40)
+    assert proc.returncode == 0, proc.stderr
+    lines = [orjson.loads(line) for line in proc.stdout.splitlines()]
+    assert [line["text"][:2] for line in lines] == ["很好", "太差"]
+    assert [line["truncated"] for line in lines] == [False, True]
+    for line in lines:
+        assert set(line["scores"]) == {"negative", "positive"}
+        assert line["label"] == max(line["scores"], key=line["scores"].get)
