@@ -168,7 +168,7 @@ class SequenceClassifierEngine:
             lengths, max_batch_tokens=self.max_batch_tokens, max_batch_size=self.max_batch_size
         ):
             for i, p in zip(batch, self._run(batch, tok.ids), strict=True):
-                probs[i] = p
+                probs[i] = tuple(p)
         return [
             Prediction(
                 label_id=max(range(len(p)), key=p.__getitem__),
@@ -179,7 +179,7 @@ class SequenceClassifierEngine:
             for i, p in enumerate(probs)
         ]
 
-    def _run(self, batch: list[int], ids: list[list[int]]) -> list[tuple[float, ...]]:
+    def _run(self, batch: list[int], ids: list[list[int]]) -> list[list[float]]:
         """Forward one batch; on CUDA out-of-memory split it in two and retry each half."""
         try:
             return self.forward([ids[i] for i in batch]).tolist()

@@ -128,7 +128,11 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
 
     @app.page("/readyz")
     async def readyz(self: View, request: Request) -> Response:
-        assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment())
+        assigned = sorted(
+            f"{tp.topic}[{tp.partition}]"
+            for tp in app.consumer.assignment()
+            if tp.topic == settings.input_topic
+        )
         ready = bool(assigned) and classifier.health()
         return self.json({"ready": ready, "assigned": assigned}, status=200 if ready else 503)
 
