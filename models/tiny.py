@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from transformers import Qwen3Config, Qwen3ForSequenceClassification
+from transformers.utils import logging as hf_logging
 
 from models.manifest import Manifest
 from models.tokenizer import ENDOFTEXT_ID, VOCAB_SIZE, qwen_tokenizer
@@ -70,6 +71,7 @@ def build_tiny_checkpoint(
     config = tiny_config(num_labels=len(labels), **config_overrides)
     config.id2label = dict(enumerate(labels))
     config.label2id = {label: i for i, label in enumerate(labels)}
+    hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
     model = Qwen3ForSequenceClassification(config).eval()
     with torch.no_grad():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
@@ -24,6 +25,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry, generate_latest
 
 from models.engine import Classifier
+from schemas.errors import ConfigError
 from schemas.messages import Headers
 from worker.metrics import METRICS_CONTENT_TYPE, Metrics
 from worker.pipeline import BatchProcessor, Record, Topics
@@ -164,11 +166,24 @@ async def finish_batch(processor: BatchProcessor, records: list[Record]) -> None
         raise asyncio.CancelledError
 
 
+def require_reachable(brokers: list[str], timeout_s: float = 5.0) -> None:
+    """Fail fast, with a plain message, when no bootstrap server accepts a connection."""
+    for address in brokers:
+        host, _, port = address.rpartition(":")
+        try:
+            with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+                return
+        except (OSError, ValueError):
+            continue
+    raise ConfigError(f"cannot reach any Kafka broker in {','.join(brokers)} (is it running? see --brokers)")
+
+
 def run_worker(settings: Settings) -> None:
     """Load the model, then run the Faust worker until SIGTERM/SIGINT (blocks)."""
     from models.default import default_checkpoint
     from models.engine import load_classifier
 
+    require_reachable(settings.broker_list)
     checkpoint = settings.checkpoint or default_checkpoint(settings.home)
     classifier = load_classifier(
         checkpoint, device=settings.device, dtype=settings.dtype, max_batch_tokens=settings.max_batch_tokens

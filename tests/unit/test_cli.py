@@ -41,6 +41,14 @@ def test_invalid_setting_from_the_environment_is_reported(tmp_path: object) -> N
     assert "batch_size" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_unreachable_broker_is_a_clear_error() -> None:
+    from worker.broker import free_port
+
+    proc = run("worker", "--brokers", f"127.0.0.1:{free_port()}")
+    assert proc.returncode == 2
+    assert "error: cannot reach any Kafka broker" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_predict_prints_json_lines(tiny_checkpoint: object) -> None:
     import orjson
 
