@@ -37,12 +37,22 @@ EXIT_PUBLISH_FAILED = 70
 
 
 class FaustPublisher:
-    """Sends through faust's own producer; ``send`` returns aiokafka's delivery future."""
+    """Sends through faust's own producer; ``send`` returns aiokafka's delivery future.
 
-    def __init__(self, app: faust.App) -> None:
+    The output and dead-letter topics are declared (created if missing, with the configured
+    partitions) before the first send, so a first batch never races their creation.
+    """
+
+    def __init__(self, app: faust.App, sinks: list[faust.TopicT]) -> None:
         self.app = app
+        self.sinks = sinks
+        self.declared = False
 
     async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> Awaitable[Any]:
+        if not self.declared:
+            for sink in self.sinks:
+                await sink.maybe_declare()
+            self.declared = True
         return await self.app.producer.send(topic, key, value, None, None, headers)
 
 
@@ -100,17 +110,12 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
     processor = BatchProcessor(
         classifier,
-        FaustPublisher(app),
+        FaustPublisher(app, sinks),
         Topics(output=settings.output_topic, dlq=settings.dlq_topic),
         metrics,
         executor,
         max_message_bytes=settings.max_message_bytes,
     )
-
-    @app.task
-    async def declare_sinks() -> None:
-        for topic in sinks:
-            await topic.maybe_declare()
 
     @app.agent(source)
     async def classify(stream: faust.StreamT) -> None:

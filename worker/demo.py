@@ -67,7 +67,7 @@ def run_demo(settings: Settings, *, count: int, show: int) -> None:
                 stderr=subprocess.STDOUT,
             )
         try:
-            _wait_ready(web_port, worker)
+            wait_ready(web_port, worker)
             started = time.monotonic()
             messages = [
                 (
@@ -91,7 +91,7 @@ def run_demo(settings: Settings, *, count: int, show: int) -> None:
     _summary(results, truth, dead, elapsed)
 
 
-def _wait_ready(web_port: int, worker: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
+def wait_ready(web_port: int, worker: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
     """Poll the worker's /readyz until it has its partitions (first join on the dev broker)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -5,30 +5,16 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from schemas.errors import SentimentError
 from worker.broker import free_port
+from worker.demo import wait_ready
 
 WorkerFactory = Callable[..., subprocess.Popen[bytes]]
-
-
-def wait_ready(proc: subprocess.Popen[bytes], web_port: int, log: Path, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"worker exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/readyz", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"worker not ready in {timeout_s} s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture
@@ -61,7 +47,10 @@ def start_worker(
         proc.web_port = web_port  # type: ignore[attr-defined]
         proc.log = log  # type: ignore[attr-defined]
         procs.append(proc)
-        wait_ready(proc, web_port, log)
+        try:
+            wait_ready(web_port, proc, timeout_s=90)
+        except SentimentError as exc:
+            raise AssertionError(f"{exc}:\n{log.read_text()[-3000:]}") from None
         return proc
 
     yield start
