@@ -68,8 +68,10 @@ class DevBroker:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
+            start_new_session=True,  # Ctrl-C in a terminal reaches only us; we stop tansu in order
         )  # fmt: skip
+        if not isinstance(out, int):
+            out.close()  # the child holds its own descriptor
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

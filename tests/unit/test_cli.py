@@ -26,14 +26,14 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
-def test_missing_checkpoint_is_a_clear_error_not_a_traceback(tmp_path: object) -> None:
+def test_missing_checkpoint_is_a_clear_error_not_a_traceback() -> None:
     proc = run("predict", "--checkpoint", "/nonexistent/ckpt", "--text", "很好")
     assert proc.returncode == 2
     assert "error: checkpoint directory /nonexistent/ckpt does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_invalid_setting_from_the_environment_is_reported(tmp_path: object) -> None:
+def test_invalid_setting_from_the_environment_is_reported() -> None:
     import os
 
     proc = run("predict", "--text", "x", env={**os.environ, "SENTIMENT_BATCH_SIZE": "many"})
