@@ -113,7 +113,7 @@ def test_missing_weights_are_named(tiny_checkpoint: Path, tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"labels": ["a", "b", "c"]}, "lists 3 labels but the score head has 2 outputs"),
+        ({"labels": ["a", "b", "c"]}, "lists 3 labels but the score head in config.json has 2 outputs"),
         ({"kind": "mystery"}, "field 'kind'"),
         ({"labels": None}, "field 'labels'"),
         ({"max_length": "long"}, "field 'max_length'"),
