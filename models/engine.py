@@ -28,7 +28,7 @@ from transformers import Qwen3ForSequenceClassification, Qwen3Model
 from models.attention import PACKED
 from models.batching import plan_batches
 from models.heads import HEAD_FILE, load_head
-from models.invariant import make_batch_invariant
+from models.invariant import make_batch_invariant, tiled_rows
 from models.loading import load_model, load_tokenizer, qwen3_config, require_file, resolve_base
 from models.manifest import Manifest, load_manifest
 from models.packing import Packed, last_non_pad, last_token, pack
@@ -124,8 +124,13 @@ class Qwen3Engine(ABC):
         append_id: int | None = None,
         max_batch_tokens: int = 16384,
         max_batch_size: int = 256,
+        compile: bool = False,
     ) -> None:
-        """``backbone`` is already on its device and dtype; the engine switches it to packed attention."""
+        """``backbone`` is already on its device and dtype; the engine switches it to packed attention.
+
+        ``compile``: ``torch.compile`` each decoder layer (dynamic token count) so its norms, RoPE
+        and activations run fused; CUDA only, costs a warm-up compile on the first batches.
+        """
         if backbone.config._attn_implementation != PACKED:
             backbone.set_attn_implementation(PACKED)
         param = next(backbone.parameters())
@@ -140,8 +145,13 @@ class Qwen3Engine(ABC):
         # fp32 promises bit-identical results alone and in a batch: fixed-tile GEMMs
         self.batch_invariant = dtype == torch.float32
         if self.batch_invariant:
-            make_batch_invariant(self.backbone)
+            make_batch_invariant(self.backbone, reductions=device.type == "cuda")
             make_batch_invariant(self.head)
+        if compile:
+            if device.type != "cuda":
+                raise ConfigError("compile needs a CUDA device")
+            for layer in self.backbone.layers:
+                layer.compile(dynamic=True)
         self.info = EngineInfo(
             name=name,
             version=manifest.version,
@@ -333,7 +343,10 @@ class EmbeddingHeadEngine(Qwen3Engine):
         return last_token(ids)
 
     def features(self, pooled: torch.Tensor) -> torch.Tensor:
-        return F.normalize(pooled[:, : self.dimensions], p=2.0, dim=-1)
+        def unit(rows: torch.Tensor) -> torch.Tensor:
+            return F.normalize(rows[:, : self.dimensions], p=2.0, dim=-1)
+
+        return tiled_rows(unit, pooled) if self.batch_invariant else unit(pooled)
 
 
 ENGINES: dict[str, type[SequenceClassifierEngine] | type[EmbeddingHeadEngine]] = {
