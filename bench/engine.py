@@ -287,7 +287,7 @@ class Bench:
                 engine.classify(texts[256:1280])  # let a compiled graph meet more shapes
                 warm_s = time.perf_counter() - t0
                 run = partial(engine.classify, texts)
-                rate = self.throughput(size, case, run, self.repeats, baseline=seed_case, padding_fraction=0.0,
+                rate = self.throughput(size, case, run, self.repeats, baseline=seed_case, padding_fraction=0,
                                        warm_up_s=round(warm_s, 1))  # fmt: skip
             except Exception as exc:  # a failing variant is a result too; keep the others
                 self.record(size, case, "error", 0.0, "", error=f"{type(exc).__name__}: {exc}"[:500])
