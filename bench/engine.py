@@ -152,15 +152,16 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> list[
 
 
 def parity_and_invariance(
-    size: str, device: torch.device, dtype: torch.dtype, engine_of: Callable[[Any, int], Any],
-    hf_tok: PreTrainedTokenizerFast, texts: Sequence[str],
+    size: str, device: torch.device, dtype: torch.dtype, engine_of: Callable[..., Any],
+    hf_tok: PreTrainedTokenizerFast, texts: Sequence[str], compile: bool = False,
 ) -> dict[str, float]:  # fmt: skip
     """Engine logits vs transformers' padded forward; a text alone vs inside the whole batch."""
     model = build_model(size, device, dtype)
     with torch.inference_mode():
         batch = hf_tok(list(texts), padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
         ref = model(**batch.to(device)).logits.float().cpu()
-    engine = engine_of(model, 16384)
+    engine = engine_of(model, 16384, compile=compile)
+    engine.warm_up()
     together = engine.infer(texts).logits
     alone = torch.cat([engine.infer([t]).logits for t in texts])
     rel = float((together - ref).norm() / ref.norm())
@@ -228,6 +229,7 @@ class Bench:
         tmp = Path(tempfile.mkdtemp())
         self.hf_tok.save_pretrained(tmp)
         self.rust_tok, _ = load_tokenizer(tmp, MAX_LENGTH)
+        self.n_tokens = sum(len(e.ids) for e in self.rust_tok.encode_batch(self.texts))
         self.command = "python bench/engine.py " + " ".join(sys.argv[1:])
         self.records: list[dict[str, Any]] = []
 
@@ -256,7 +258,9 @@ class Bench:
     ) -> float:
         run_times = timed(run, self.device, repeats)
         rate = len(self.texts) / statistics.median(run_times)
-        self.record(size, case, "reviews_per_s", rate, "reviews/s", seconds=round(min(run_times), 3), **extra)
+        tokens = round(self.n_tokens / statistics.median(run_times))
+        self.record(size, case, "reviews_per_s", rate, "reviews/s", seconds=round(min(run_times), 3),
+                    real_tokens_per_s=tokens, **extra)  # fmt: skip
         return rate
 
     def size(self, size: str, compile: bool) -> None:
@@ -306,11 +310,14 @@ class Bench:
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def checks(self, size: str = "0.6B") -> None:
-        for dtype in (torch.bfloat16, torch.float32):
+        for dtype, compiled in ((torch.bfloat16, False), (torch.bfloat16, True), (torch.float32, False)):
             name = str(dtype).removeprefix("torch.")
-            found = parity_and_invariance(size, self.device, dtype, self.engine, self.hf_tok, self.texts[:96])
+            found = parity_and_invariance(size, self.device, dtype, self.engine, self.hf_tok, self.texts[:96],
+                                          compile=compiled)  # fmt: skip
+            case = f"check {name}{' compiled' if compiled else ''}"
             for metric, value in found.items():
-                self.record(size, f"check {name}", metric, value, "1", dtype=name)
+                self.record(size, case, metric, value, "1", dtype=name)
+            torch._dynamo.reset()
             torch.cuda.empty_cache()
 
     def write(self, out: Path) -> None:

@@ -13,6 +13,7 @@ tolerance the tests state. Results come back in input order.
 from __future__ import annotations
 
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,6 +90,8 @@ class Classifier(Protocol):
     max_batch_size: int
 
     def classify(self, texts: Sequence[str]) -> list[Prediction]: ...
+
+    def warm_up(self) -> float: ...
 
     def health(self) -> bool: ...
 
@@ -254,6 +257,14 @@ class Qwen3Engine(ABC):
         feats = self.features(hidden[packed.pool_index].float())
         return feats, self.head(feats)
 
+    def warm_up(self) -> float:
+        """Run texts of several lengths and batch sizes once (compiles, allocator, kernels); seconds."""
+        start = time.perf_counter()
+        lengths = (1, 7, 33, 150, self.manifest.max_length)
+        self.classify(["好" * n for n in lengths])
+        self.classify(["这个手机很好用" * (1 + i % 9) for i in range(self.max_batch_size)])
+        return time.perf_counter() - start
+
     def health(self) -> bool:
         return True
 
@@ -362,6 +373,7 @@ def load_classifier(
     dtype: str = "auto",
     max_batch_tokens: int = 16384,
     max_batch_size: int = 256,
+    compile: bool = False,
 ) -> Qwen3Engine:
     """Open a checkpoint directory offline (safetensors only, no remote code) by its manifest."""
     manifest = load_manifest(directory)
@@ -377,4 +389,5 @@ def load_classifier(
         dtype=dtype,
         max_batch_tokens=max_batch_tokens,
         max_batch_size=max_batch_size,
+        compile=compile,
     )

@@ -14,6 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from models.manifest import Manifest
 from schemas.errors import CheckpointError
 
 HEAD_FILE = "head.safetensors"
@@ -71,3 +72,16 @@ def load_head(directory: Path, *, in_dim: int, num_labels: int) -> nn.Sequential
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     return head.float().eval()
+
+
+def save_embedding_head_checkpoint(directory: Path, head: nn.Sequential, manifest: Manifest) -> Path:
+    """Write an ``embedding-head`` checkpoint: ``manifest.json`` and ``head.safetensors`` only.
+
+    The base is referenced by ``manifest.base_model`` (a directory or hub id), never copied.
+    """
+    if manifest.kind != "embedding-head":
+        raise ValueError(f"manifest kind is {manifest.kind!r}, not 'embedding-head'")
+    directory.mkdir(parents=True, exist_ok=True)
+    save_head(head, directory)
+    manifest.save(directory)
+    return directory

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from transformers import Qwen3Config, Qwen3ForSequenceClassification
+from transformers import Qwen3Config, Qwen3ForSequenceClassification, Qwen3Model
 from transformers.utils import logging as hf_logging
 
 from models.manifest import Manifest
@@ -88,6 +88,25 @@ def build_tiny_checkpoint(
             name=name,
             version=version,
         ).save(tmp)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def build_tiny_embedding_base(
+    directory: Path, *, cache_dir: Path, seed: int = 0, **config_overrides: int
+) -> Path:
+    """Write a random tiny Qwen3-Embedding-style base: ``Qwen3Model`` weights plus the tokenizer."""
+    config = tiny_config(num_labels=2, **config_overrides)
+    hf_logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    model = Qwen3Model(config).eval()
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        qwen_tokenizer(cache_dir).save_pretrained(tmp)
         os.replace(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

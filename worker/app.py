@@ -186,17 +186,25 @@ def require_reachable(brokers: list[str], timeout_s: float = 5.0) -> None:
 def run_worker(settings: Settings) -> None:
     """Load the model, then run the Faust worker until SIGTERM/SIGINT (blocks)."""
     from models.default import default_checkpoint
-    from models.engine import load_classifier
+    from models.engine import load_classifier, resolve_device
 
     require_reachable(settings.broker_list)
     checkpoint = settings.checkpoint or default_checkpoint(settings.home)
+    on_cuda = resolve_device(settings.device, settings.dtype)[0].type == "cuda"
     classifier = load_classifier(
-        checkpoint, device=settings.device, dtype=settings.dtype, max_batch_tokens=settings.max_batch_tokens
+        checkpoint,
+        device=settings.device,
+        dtype=settings.dtype,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_size=settings.batch_size,
+        compile=settings.compile == "on" or (settings.compile == "auto" and on_cuda),
     )
     info = classifier.info
     log.info(
         "model %s %s loaded from %s on %s (%s)", info.name, info.version, checkpoint, info.device, info.dtype
     )
+    seconds = classifier.warm_up()
+    log.info("model warmed up in %.1f s", seconds)
     (settings.home / "faust").mkdir(parents=True, exist_ok=True)
     app = create_app(settings, classifier, CollectorRegistry())
     faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()

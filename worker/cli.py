@@ -57,7 +57,7 @@ def settings_options(*names: str) -> Callable[[F], F]:
 
 
 KAFKA = ("brokers",)
-MODEL = ("checkpoint", "device", "dtype", "max_batch_tokens", "home")
+MODEL = ("checkpoint", "device", "dtype", "compile", "max_batch_tokens", "home")
 
 
 def _setup_logging(level: str) -> None:

@@ -42,7 +42,11 @@ def run_predict(settings: Settings, texts: list[str], file: TextIO | None, fmt: 
         raise ConfigError("nothing to classify: give --text, --file or lines on stdin")
     checkpoint = settings.checkpoint or default_checkpoint(settings.home)
     engine = load_classifier(
-        checkpoint, device=settings.device, dtype=settings.dtype, max_batch_tokens=settings.max_batch_tokens
+        checkpoint,
+        device=settings.device,
+        dtype=settings.dtype,
+        max_batch_tokens=settings.max_batch_tokens,
+        compile=settings.compile == "on",  # a compile costs more than a few texts take
     )
     labels = engine.info.labels
     chunk = 1024

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="'auto' is bfloat16 on CUDA and float32 on CPU."
     )
+    compile: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="torch.compile the model's layers (fused kernels; about 2x on an H100, after a "
+        "warm-up of seconds at start). 'auto': on for `worker` on CUDA, off for `predict` and on CPU.",
+    )
     max_batch_tokens: int = Field(
         default=16384,
         ge=1,

@@ -36,6 +36,9 @@ class FakeClassifier:
             for t in texts
         ]
 
+    def warm_up(self) -> float:
+        return 0.0
+
     def health(self) -> bool:
         return True
 
