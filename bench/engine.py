@@ -349,7 +349,8 @@ def main() -> None:
         prepare(Path(args.prepare), Path(args.cache_dir).expanduser())
         return
     bench = Bench(args)
-    sizes = (args.sizes or ("0.6B,4B" if bench.cuda else "tiny")).split(",")
+    chosen = args.sizes if args.sizes is not None else ("0.6B,4B" if bench.cuda else "tiny")
+    sizes = [s for s in chosen.split(",") if s]  # --sizes "" runs only the CUDA checks
     from models.attention import varlen_available
 
     varlen = "on" if varlen_available(bench.device, bench.dtype) else "off"

@@ -8,8 +8,8 @@ each text attends to itself alone:
 - CUDA, bf16/fp16: PyTorch's FlashAttention varlen kernel, split-KV off (``num_splits=1``) where
   the installed PyTorch has that switch, so a text's result does not depend on its neighbours'
   lengths.
-- anything else (CPU, fp32): one ``scaled_dot_product_attention`` per text, exactly the call a
-  text alone would get.
+- anything else (CPU, fp32): one ``scaled_dot_product_attention`` per distinct text length, over
+  the texts of that length stacked without padding: each row is the computation a text alone gets.
 
 No mask function is registered for the name, so transformers builds no ``[T, T]`` mask.
 """
@@ -17,7 +17,6 @@ No mask function is registered for the name, so transformers builds no ``[T, T]`
 from __future__ import annotations
 
 import inspect
-import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -70,17 +69,24 @@ def _flash_varlen(
     return out[None]  # [1, T, heads, D]
 
 
-def _per_text(
+def _per_length(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    bounds = cu.tolist()
+    """One ``scaled_dot_product_attention`` per distinct text length, over all texts of that length.
+
+    Texts of equal length stack into an unpadded ``[k, heads, L, D]`` batch whose rows are
+    computed independently, so each text gets the arithmetic it would get alone.
+    """
     groups = query.shape[1] // key.shape[1]
-    outs = []
-    for start, end in itertools.pairwise(bounds):
-        k = _repeat_kv(key[:, :, start:end], groups, 1)
-        v = _repeat_kv(value[:, :, start:end], groups, 1)
-        outs.append(F.scaled_dot_product_attention(query[:, :, start:end], k, v, is_causal=True, scale=scale))
-    return torch.cat(outs, dim=2).transpose(1, 2)  # [1, T, heads, D]
+    starts, lengths = cu[:-1].long(), (cu[1:] - cu[:-1]).long()
+    out = torch.empty_like(query)
+    for length in torch.unique(lengths).tolist():
+        tokens = starts[lengths == length, None] + torch.arange(length, device=cu.device)  # [k, L]
+        q, k, v = (x[0][:, tokens].transpose(0, 1) for x in (query, key, value))  # [k, heads, L, D]
+        k, v = _repeat_kv(k, groups, 1), _repeat_kv(v, groups, 1)
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        out[0][:, tokens] = attended.transpose(0, 1)
+    return out.transpose(1, 2)  # [1, T, heads, D]
 
 
 def packed_attention(
@@ -104,7 +110,7 @@ def packed_attention(
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     if varlen_available(query.device, query.dtype):
         return _flash_varlen(query, key, value, cu_seq_lens_q, max_length_q, scale), None
-    return _per_text(query, key, value, cu_seq_lens_q, scale), None
+    return _per_length(query, key, value, cu_seq_lens_q, scale), None
 
 
 AttentionInterface.register(PACKED, packed_attention)

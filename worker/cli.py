@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
-from schemas.errors import SentimentError
+from schemas.errors import ConfigError, SentimentError
 from worker.settings import ENV_PREFIX, Settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -214,6 +214,24 @@ def demo(count: int, show: int, **options: Any) -> None:
     settings = load_settings(**options)
     _setup_logging(settings.log_level if settings.log_level != "info" else "warning")
     run_demo(settings, count=count, show=show)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("name", type=click.Choice(["engine"]))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(name: str, args: tuple[str, ...]) -> None:
+    """Run a benchmark from bench/ (a checkout of this repository); ARGS go to the script.
+
+    engine: the seed-style recipe vs this engine, reviews/s, results in bench/results/.
+    `sentiment bench engine -- --help` lists the script's own options.
+    """
+    import runpy
+
+    script = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
+    if not script.is_file():
+        raise ConfigError(f"{script} not found: benchmarks run from a checkout of the repository")
+    sys.argv = [str(script), *args]
+    runpy.run_path(str(script), run_name="__main__")
 
 
 def main() -> None:

@@ -49,9 +49,10 @@ def run_predict(settings: Settings, texts: list[str], file: TextIO | None, fmt: 
         compile=settings.compile == "on",  # a compile costs more than a few texts take
     )
     labels = engine.info.labels
-    chunk = 1024
+    chunk = 256
     preds = []
-    with tqdm(total=len(texts), unit="text", disable=len(texts) < chunk or not sys.stderr.isatty()) as bar:
+    show = file is not None and sys.stderr.isatty()  # a bar for files, on a terminal only
+    with tqdm(total=len(texts), unit="text", desc="classifying", disable=not show) as bar:
         for start in range(0, len(texts), chunk):
             preds.extend(engine.classify(texts[start : start + chunk]))
             bar.update(min(chunk, len(texts) - start))
