@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,10 @@ def parity_and_invariance(
     together = engine.infer(texts).logits
     alone = torch.cat([engine.infer([t]).logits for t in texts])
     rel = float((together - ref).norm() / ref.norm())
+    with ThreadPoolExecutor(1) as pool:  # the worker calls the engine from its own model thread
+        threaded = pool.submit(lambda: engine.infer(list(texts[:50]) + list(texts)).logits[50:]).result()
     return {
+        "model_thread_max_abs_logit_diff": float((threaded - together).abs().max()),
         "parity_rel_logit_diff": rel,
         "parity_max_abs_logit_diff": float((together - ref).abs().max()),
         "parity_label_agreement": float((together.argmax(-1) == ref.argmax(-1)).float().mean()),
