@@ -135,3 +135,24 @@ def test_manifest_contradicting_the_weights_is_rejected(
     (ckpt / "manifest.json").write_bytes(orjson.dumps(manifest))
     with pytest.raises(CheckpointError, match=message):
         load_classifier(ckpt)
+
+
+def test_cuda_out_of_memory_splits_the_batch_and_retries(
+    tiny_checkpoint: Path, engine: SequenceClassifierEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that does not fit is halved until it does; results and order are unchanged."""
+    texts = [r.text for r in sample_reviews(12, seed=8)]
+    expected = engine.classify(texts)
+    small = load_classifier(tiny_checkpoint, device="cpu", dtype="float32", max_batch_size=8)
+    real_forward = small.forward
+    sizes: list[int] = []
+
+    def forward_that_fits_three(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        sizes.append(len(seqs))
+        if len(seqs) > 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_forward(seqs)
+
+    monkeypatch.setattr(small, "forward", forward_that_fits_three)
+    assert small.classify(texts) == expected
+    assert sizes[0] == 8 and max(s for s in sizes if s <= 3) <= 3 and sum(s for s in sizes if s <= 3) == 12
