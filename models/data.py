@@ -1,0 +1,146 @@
+"""Labelled training data: read TSV / CSV / JSON lines, de-duplicate, check splits for leaks.
+
+Formats (by extension): ``.tsv``/``.txt`` ``text<TAB>label`` per line (an optional header
+``text<TAB>label``); ``.csv`` with a header naming ``text`` or ``sentence`` and ``label``;
+``.jsonl``/``.json`` one object per line with ``text`` and ``label``. A label is a name from
+the label set or an integer index into it; ``label_map`` renames raw labels first (e.g. star
+ratings ``1``…``5`` to negative/neutral/positive). Every bad row is reported with its file and
+line, and nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from models.reviews import LabelledText
+from schemas.errors import ConfigError
+
+
+class DataError(ConfigError):
+    """A data file that cannot be used as given; the message names the file and line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Splits:
+    train: list[LabelledText]
+    dev: list[LabelledText]
+    test: list[LabelledText]
+
+
+def _rows(path: Path) -> Iterator[tuple[int, str, str]]:
+    """(line number, text, raw label) for each data row of ``path``."""
+    suffix = path.suffix.lower()
+    with path.open(encoding="utf-8", newline="") as f:
+        if suffix == ".csv":
+            reader = csv.DictReader(f)
+            fields = [h.strip().lower() for h in reader.fieldnames or []]
+            text_col = next((c for c in ("text", "sentence", "review") if c in fields), None)
+            if text_col is None or "label" not in fields:
+                raise DataError(f"{path}:1: a CSV needs a header with 'text' (or 'sentence') and 'label'")
+            names = {h.strip().lower(): h for h in reader.fieldnames or []}
+            for row in reader:
+                yield reader.line_num, row[names[text_col]] or "", row[names["label"]] or ""
+        elif suffix in (".jsonl", ".json", ".ndjson"):
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{n}: not valid JSON: {exc}") from None
+                if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or "label" not in obj:
+                    raise DataError(f"{path}:{n}: needs an object with a string 'text' and a 'label'")
+                yield n, obj["text"], str(obj["label"])
+        else:
+            for n, line in enumerate(f, 1):
+                line = line.rstrip("\r\n")
+                if not line.strip():
+                    continue
+                text, tab, label = line.rpartition("\t")
+                if not tab:
+                    raise DataError(f"{path}:{n}: expected 'text<TAB>label'")
+                if (
+                    n == 1
+                    and text.strip().lower() in ("text", "sentence")
+                    and label.strip().lower() == "label"
+                ):
+                    continue
+                yield n, text, label
+
+
+def read_labelled(
+    path: Path, labels: Sequence[str], *, label_map: Mapping[str, str] | None = None
+) -> list[LabelledText]:
+    """Every row of ``path`` as a :class:`LabelledText` whose label is one of ``labels``."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    out = []
+    for n, text, raw in _rows(path):
+        raw = raw.strip()
+        raw = (label_map or {}).get(raw, raw)
+        if raw in labels:
+            label = raw
+        elif raw.lstrip("-").isdigit() and 0 <= int(raw) < len(labels):
+            label = labels[int(raw)]
+        else:
+            raise DataError(
+                f"{path}:{n}: label {raw!r} is not one of {list(labels)} nor an index 0..{len(labels) - 1}"
+            )
+        if not text.strip():
+            raise DataError(f"{path}:{n}: empty text")
+        out.append(LabelledText(text.strip(), label))
+    if not out:
+        raise DataError(f"{path}: no examples")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Deduplicated:
+    examples: list[LabelledText]
+    duplicates: int  # repeats of a text with the same label, dropped
+    conflicts: list[str]  # texts seen with different labels, all copies dropped
+
+
+def deduplicate(examples: Sequence[LabelledText]) -> Deduplicated:
+    """Keep the first copy of each text; drop texts that carry contradicting labels altogether."""
+    first: dict[str, str] = {}
+    conflicting: set[str] = set()
+    for ex in examples:
+        seen = first.setdefault(ex.text, ex.label)
+        if seen != ex.label:
+            conflicting.add(ex.text)
+    kept, emitted = [], set()
+    for ex in examples:
+        if ex.text not in conflicting and ex.text not in emitted:
+            emitted.add(ex.text)
+            kept.append(ex)
+    duplicates = len(examples) - len(kept) - sum(1 for ex in examples if ex.text in conflicting)
+    return Deduplicated(kept, duplicates, sorted(conflicting))
+
+
+def leaks(train: Sequence[LabelledText], other: Sequence[LabelledText]) -> list[str]:
+    """Texts present in both splits (an evaluation on ``other`` would flatter the model)."""
+    seen = {ex.text for ex in train}
+    return sorted({ex.text for ex in other if ex.text in seen})
+
+
+def split(examples: Sequence[LabelledText], *, dev: float = 0.1, test: float = 0.1, seed: int = 0) -> Splits:
+    """A seeded, stratified train/dev/test split (each label keeps its share in every split)."""
+    rng = random.Random(seed)
+    parts: tuple[list[LabelledText], list[LabelledText], list[LabelledText]] = ([], [], [])
+    for label in sorted({ex.label for ex in examples}):
+        group = [ex for ex in examples if ex.label == label]
+        rng.shuffle(group)
+        n_test, n_dev = round(len(group) * test), round(len(group) * dev)
+        parts[2].extend(group[:n_test])
+        parts[1].extend(group[n_test : n_test + n_dev])
+        parts[0].extend(group[n_test + n_dev :])
+    for part in parts:
+        rng.shuffle(part)
+    return Splits(*parts)

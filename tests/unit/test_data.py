@@ -1,0 +1,79 @@
+"""Reading labelled files, de-duplication, leak checks and splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from models.data import DataError, deduplicate, leaks, read_labelled, split
+from models.reviews import LabelledText
+
+LABELS = ("negative", "positive")
+
+
+def write(tmp_path: Path, name: str, content: str) -> Path:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("d.tsv", "text\tlabel\n很好\tpositive\n太差了\t0\n"),
+        ("d.csv", "sentence,label\n很好,1\n太差了,negative\n"),
+        ("d.csv", "label,text\npositive,很好\n0,太差了\n"),
+        ("d.jsonl", '{"text": "很好", "label": 1}\n\n{"text": "太差了", "label": "negative"}\n'),
+    ],
+)
+def test_each_format_reads_names_and_indices(tmp_path: Path, name: str, content: str) -> None:
+    assert read_labelled(write(tmp_path, name, content), LABELS) == [
+        LabelledText("很好", "positive"),
+        LabelledText("太差了", "negative"),
+    ]
+
+
+def test_label_map_turns_star_ratings_into_three_classes(tmp_path: Path) -> None:
+    path = write(tmp_path, "stars.tsv", "差\t1\n一般\t3\n好\t5\n")
+    stars = {"1": "negative", "2": "negative", "3": "neutral", "4": "positive", "5": "positive"}
+    got = read_labelled(path, ("negative", "neutral", "positive"), label_map=stars)
+    assert [ex.label for ex in got] == ["negative", "neutral", "positive"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("d.tsv", "很好\tpositive\n太差了\tmeh\n", r"d\.tsv:2: label 'meh' is not one of"),
+        ("d.tsv", "很好\tpositive\nno tab here\n", r"d\.tsv:2: expected 'text<TAB>label'"),
+        ("d.tsv", "很好\t7\n", r"d\.tsv:1: label '7'"),
+        ("d.tsv", " \tpositive\n", r"d\.tsv:1: empty text"),
+        ("d.csv", "body,label\nx,1\n", r"d\.csv:1: a CSV needs a header"),
+        ("d.jsonl", '{"text": "x", "label": 1}\n{"text": 5}\n', r"d\.jsonl:2: needs an object"),
+        ("d.jsonl", "{oops\n", r"d\.jsonl:1: not valid JSON"),
+    ],
+)
+def test_a_bad_row_is_named_by_file_and_line(tmp_path: Path, name: str, content: str, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        read_labelled(write(tmp_path, name, content), LABELS)
+
+
+def test_deduplicate_drops_repeats_and_contradictions() -> None:
+    data = [LabelledText(t, lb) for t, lb in [("a", "positive"), ("b", "negative"), ("a", "positive"),
+                                               ("c", "positive"), ("c", "negative")]]  # fmt: skip
+    result = deduplicate(data)
+    assert result.examples == [LabelledText("a", "positive"), LabelledText("b", "negative")]
+    assert result.duplicates == 1
+    assert result.conflicts == ["c"]
+
+
+def test_split_is_seeded_stratified_and_leak_free() -> None:
+    data = [LabelledText(f"neg {i}", "negative") for i in range(60)] + [
+        LabelledText(f"pos {i}", "positive") for i in range(40)
+    ]
+    a, b = split(data, seed=3), split(data, seed=3)
+    assert a == b
+    assert (len(a.train), len(a.dev), len(a.test)) == (80, 10, 10)
+    assert sum(ex.label == "positive" for ex in a.test) == 4
+    assert leaks(a.train, a.dev) == [] and leaks(a.train, a.test) == []
+    assert leaks(a.train, [a.train[0]]) == [a.train[0].text]
