@@ -221,12 +221,6 @@ class Qwen3Engine(ABC):
             for label, p, t, n in zip(labels, probs.tolist(), result.truncated, result.n_tokens, strict=True)
         ]
 
-    def embed(self, texts: Sequence[str]) -> torch.Tensor:
-        """The head's input features for ``texts`` (``[n, d]``, float32, CPU): for training heads."""
-        feats = self.infer(texts, keep_features=True).features
-        assert feats is not None
-        return feats
-
     def _run(
         self, batch: list[int], ids: list[list[int]]
     ) -> list[tuple[list[int], tuple[torch.Tensor, torch.Tensor]]]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -18,6 +19,18 @@ from transformers.utils import logging as hf_logging
 
 from models.manifest import Manifest
 from models.tokenizer import ENDOFTEXT_ID, VOCAB_SIZE, qwen_tokenizer
+
+
+@contextmanager
+def atomic_directory(directory: Path) -> Iterator[Path]:
+    """Yield a scratch directory beside ``directory`` that becomes it only if the block succeeds."""
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
+    try:
+        yield tmp
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def tiny_config(
@@ -76,8 +89,7 @@ def build_tiny_checkpoint(
     model = Qwen3ForSequenceClassification(config).eval()
     with torch.no_grad():
         model.score.weight.normal_(0.0, init_std)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         qwen_tokenizer(cache_dir).save_pretrained(tmp)
         Manifest(
@@ -88,10 +100,6 @@ def build_tiny_checkpoint(
             name=name,
             version=version,
         ).save(tmp)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
@@ -103,12 +111,7 @@ def build_tiny_embedding_base(
     hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
     model = Qwen3Model(config).eval()
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         qwen_tokenizer(cache_dir).save_pretrained(tmp)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
