@@ -144,3 +144,80 @@ def split(examples: Sequence[LabelledText], *, dev: float = 0.1, test: float = 0
     for part in parts:
         rng.shuffle(part)
     return Splits(*parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """Splits ready to train on, where each came from, and what was removed on the way."""
+
+    splits: Splits
+    sources: dict[str, str]  # split name → file, or how it was made
+    notes: list[str]
+
+
+def prepare_splits(
+    train: Path,
+    dev: Path | None,
+    test: Path | None,
+    labels: Sequence[str],
+    *,
+    label_map: Mapping[str, str] | None = None,
+    dev_share: float = 0.1,
+    seed: int = 0,
+) -> Prepared:
+    """Read, de-duplicate and leak-check the data files of one training run.
+
+    Without ``dev``, a stratified ``dev_share`` of ``train`` is held out (seeded). Texts of the
+    dev or test split that also occur in train are reported and removed from that split, so its
+    metrics are not flattered.
+    """
+    notes: list[str] = []
+
+    def load(path: Path) -> list[LabelledText]:
+        d = deduplicate(read_labelled(path, labels, label_map=label_map))
+        if d.duplicates or d.conflicts:
+            notes.append(
+                f"{path}: dropped {d.duplicates} repeated text(s) and {len(d.conflicts)} text(s) "
+                "that carry contradicting labels"
+            )
+        return d.examples
+
+    train_set = load(train)
+    sources = {"train": str(train)}
+    if dev is None:
+        held = split(train_set, dev=dev_share, test=0.0, seed=seed)
+        train_set, dev_set = held.train, held.dev
+        sources["dev"] = f"{dev_share:.0%} of {train} (stratified, seed {seed})"
+    else:
+        dev_set, sources["dev"] = load(dev), str(dev)
+    test_set: list[LabelledText] = []
+    if test is not None:
+        test_set, sources["test"] = load(test), str(test)
+    for name, part in (("dev", dev_set), ("test", test_set)):
+        leaked = set(leaks(train_set, part))
+        if leaked:
+            example = next(iter(sorted(leaked)))
+            notes.append(
+                f"{len(leaked)} text(s) of the {name} split also occur in train (e.g. {example[:40]!r}); "
+                f"removed from {name}"
+            )
+            part[:] = [ex for ex in part if ex.text not in leaked]
+    if not dev_set:
+        raise DataError(f"the dev split is empty (from {sources['dev']})")
+    missing = sorted(set(labels) - {ex.label for ex in train_set})
+    if missing:
+        notes.append(f"train has no example of {missing}")
+    return Prepared(Splits(train_set, dev_set, test_set), sources, notes)
+
+
+def parse_label_map(spec: str | None) -> dict[str, str] | None:
+    """``"1=negative,2=negative,3=neutral"`` → a dict; ``None`` stays ``None``."""
+    if not spec:
+        return None
+    out = {}
+    for item in spec.split(","):
+        raw, eq, label = item.partition("=")
+        if not eq or not raw.strip() or not label.strip():
+            raise DataError(f"--label-map item {item!r} is not RAW=LABEL")
+        out[raw.strip()] = label.strip()
+    return out

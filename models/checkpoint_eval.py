@@ -1,0 +1,67 @@
+"""Evaluate a checkpoint through the serving engine, and record the result inside it.
+
+Trainers evaluate the *exported* checkpoint with the same engine the worker runs (fp32, which is
+batch invariant), so ``sentiment eval`` on the same data reproduces the recorded metrics exactly,
+and so does the worker's streamed accuracy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import torch
+
+from models.engine import load_classifier
+from models.evaluation import Report, evaluate
+from models.manifest import MANIFEST, load_manifest
+from models.reviews import LabelledText
+
+
+def data_digest(examples: Sequence[LabelledText]) -> str:
+    """sha256 of the texts and labels, in order: identifies "the same data" across runs."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(ex.text.encode() + b"\t" + ex.label.encode() + b"\n")
+    return h.hexdigest()
+
+
+def evaluate_checkpoint(
+    directory: Path, examples: Sequence[LabelledText], *, device: str = "cpu", batch_tokens: int = 16384
+) -> tuple[Report, torch.Tensor]:
+    """The report and the ``[n, labels]`` probabilities of ``directory`` on ``examples`` (fp32)."""
+    engine = load_classifier(directory, device=device, dtype="float32", max_batch_tokens=batch_tokens)
+    labels = list(engine.manifest.labels)
+    unknown = sorted({ex.label for ex in examples} - set(labels))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not among the checkpoint's labels {labels}")
+    probs = engine.infer([ex.text for ex in examples]).probabilities
+    truth = [labels.index(ex.label) for ex in examples]
+    return evaluate(labels, truth, probs), probs
+
+
+def record(directory: Path, **fields: Any) -> None:
+    """Add (or replace) top-level fields of ``manifest.json``, e.g. ``evaluation`` and ``training``."""
+    load_manifest(directory)  # validate first
+    path = directory / MANIFEST
+    data = orjson.loads(path.read_bytes())
+    data.update(fields)
+    path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def evaluation_entry(report: Report, examples: Sequence[LabelledText], source: str) -> dict[str, Any]:
+    """What goes under ``manifest.evaluation[split]``."""
+    return {"data": source, "data_sha256": data_digest(examples), **report.to_dict()}
+
+
+def recorded_for(directory: Path, examples: Sequence[LabelledText]) -> tuple[str, dict[str, Any]] | None:
+    """The split name and recorded evaluation whose data is exactly ``examples``, if any."""
+    digest = data_digest(examples)
+    evaluation = load_manifest(directory).model_dump().get("evaluation") or {}
+    for name, entry in evaluation.items():
+        if isinstance(entry, dict) and entry.get("data_sha256") == digest:
+            return name, entry
+    return None
