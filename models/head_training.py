@@ -193,9 +193,12 @@ def train_head(
     )
     tokenizer, append_id = load_tokenizer(base, max_length)
     backbone = load_model(Qwen3Model, base, dt, dev)
+    placeholder = build_head(
+        "linear", dimensions or config.hidden_size, len(labels)
+    )  # only features are read
     engine = EmbeddingHeadEngine(
         backbone,
-        nn.Identity(),
+        placeholder,
         tokenizer,
         manifest,
         name=manifest.name or "",

@@ -137,7 +137,7 @@ def test_resume_replays_exactly_what_an_uninterrupted_run_does(tmp_path: Path, s
     assert trainer.state_path.is_file()
 
     messages: list[str] = []
-    resumed, model2 = make_trainer(tmp_path / "run", config, echo=messages.append)
+    resumed, _ = make_trainer(tmp_path / "run", config, echo=messages.append)
     result, best = resumed.fit(train, dev)
     assert any(m.startswith("resuming from") for m in messages)
     assert [h.epoch for h in result.history] == [h.epoch for h in expected.history]
