@@ -156,8 +156,18 @@ def test_head_trains_on_cached_embeddings(base: Path, data_files: dict[str, Path
     assert any(s.shape == feats.shape and torch.allclose(s, feats, atol=1e-6) for s in stored)
     # a second run with the same base and settings embeds nothing new
     stamps = {p: p.stat().st_mtime_ns for p in cached}
-    train_head(base, data, LABELS, tmp_path / "head2", cache_dir=cache, dimensions=48, head_type="mlp",
-               instruction="Classify the sentiment of a product review", device="cpu", echo=lambda _: None)  # fmt: skip
+    train_head(
+        base,
+        data,
+        LABELS,
+        tmp_path / "head2",
+        cache_dir=cache,
+        dimensions=48,
+        head_type="mlp",
+        instruction="Classify the sentiment of a product review",
+        device="cpu",
+        echo=lambda _: None,
+    )
     assert {p: p.stat().st_mtime_ns for p in sorted(cache.glob("*.safetensors"))} == stamps
     assert_eval_reproduces(out, data_files["test"], "test")
     report, _ = evaluate_checkpoint(tmp_path / "head2", data.splits.test)
