@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from models.data import DataError, deduplicate, leaks, read_labelled, split
+from models.data import DataError, deduplicate, leaks, parse_label_map, prepare_splits, read_labelled, split
+from models.demo_reviews import SPLIT_NAMES, build_demo_splits, demo_path, demo_splits
 from models.reviews import LabelledText
 
 LABELS = ("negative", "positive")
@@ -77,3 +78,42 @@ def test_split_is_seeded_stratified_and_leak_free() -> None:
     assert sum(ex.label == "positive" for ex in a.test) == 4
     assert leaks(a.train, a.dev) == [] and leaks(a.train, a.test) == []
     assert leaks(a.train, [a.train[0]]) == [a.train[0].text]
+
+
+def test_prepare_holds_out_dev_and_removes_leaked_texts(tmp_path: Path) -> None:
+    rows = [f"第{i}条评论\t{'positive' if i % 2 else 'negative'}" for i in range(100)]
+    train = write(
+        tmp_path, "train.tsv", "\n".join([*rows, rows[0], "矛盾\tpositive", "矛盾\tnegative"]) + "\n"
+    )
+    test = write(tmp_path, "test.tsv", "第3条评论\tpositive\n新的评论\tnegative\n")
+    data = prepare_splits(train, None, test, LABELS, seed=1)
+    s = data.splits
+    assert len(s.train) + len(s.dev) == 100 and len(s.dev) == 10
+    assert not leaks(s.train, s.dev)
+    assert {ex.label for ex in s.dev} == set(LABELS)  # stratified
+    assert "10% of" in data.sources["dev"]
+    assert any(
+        "dropped 1 repeated text(s) and 1 text(s) that carry contradicting labels" in n for n in data.notes
+    )
+    if "第3条评论" in {ex.text for ex in s.train}:
+        assert [ex.text for ex in s.test] == ["新的评论"]
+        assert any("1 text(s) of the test split also occur in train" in n for n in data.notes)
+
+
+def test_label_map_maps_star_ratings_to_three_classes(tmp_path: Path) -> None:
+    path = write(tmp_path, "stars.csv", "text,label\n很好,5\n一般,3\n很差,1\n")
+    mapping = parse_label_map("1=negative,2=negative,3=neutral,4=positive,5=positive")
+    got = read_labelled(path, ("negative", "neutral", "positive"), label_map=mapping)
+    assert [ex.label for ex in got] == ["positive", "neutral", "negative"]
+    with pytest.raises(DataError, match="not RAW=LABEL"):
+        parse_label_map("1=negative,oops")
+
+
+def test_shipped_demo_splits_are_exactly_what_the_builder_makes() -> None:
+    shipped, rebuilt = demo_splits(), build_demo_splits()
+    for name in SPLIT_NAMES:
+        assert getattr(shipped, name) == getattr(rebuilt, name), name
+    assert (len(shipped.train), len(shipped.dev), len(shipped.test)) == (13891, 1736, 1736)
+    texts = [{ex.text for ex in getattr(shipped, n)} for n in SPLIT_NAMES]
+    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
+    assert "MIT" in (demo_path("train").parent / "NOTICE").read_text()
