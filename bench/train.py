@@ -149,8 +149,8 @@ def main() -> None:
     )
     parser.add_argument("--sizes", help="tiny, 0.6B, 4B (default: tiny on CPU, 0.6B on CUDA)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--n", type=int, help="reviews (default: 4096 on CUDA, 256 on CPU)")
-    parser.add_argument("--steps", type=int, help="timed LoRA steps (default: 60 on CUDA, 6 on CPU)")
+    parser.add_argument("--n", type=int, help="reviews (default: 4096 on CUDA, 512 on CPU)")
+    parser.add_argument("--steps", type=int, help="timed LoRA steps (default: 60 on CUDA, 20 on CPU)")
     parser.add_argument("--data", help="a `bench/engine.py --prepare` directory")
     parser.add_argument("--cache-dir", default="~/.cache/qwen3-sentiment/cache")
     parser.add_argument("--out", help="result file (default: bench/results/train-<device>.json)")
@@ -159,8 +159,8 @@ def main() -> None:
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
     cuda = device.type == "cuda"
-    args.n = args.n or (4096 if cuda else 256)
-    steps = args.steps or (60 if cuda else 6)
+    args.n = args.n or (4096 if cuda else 512)
+    steps = args.steps or (60 if cuda else 20)
     name = torch.cuda.get_device_name(device) if cuda else f"cpu ({os.cpu_count()} cores)"
     texts = load_texts(args)
     from transformers import PreTrainedTokenizerFast

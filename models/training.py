@@ -12,6 +12,7 @@ same batches and dropout masks that an uninterrupted one would have used.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -205,7 +206,7 @@ class Trainer:
         if snapshot.get("fingerprint") != self.fingerprint:
             raise ConfigError(
                 f"{self.state_path} is the state of a run with other data or settings; "
-                "delete it (or pass --fresh) to start over"
+                "delete it to start over (`train lora` does that with --fresh)"
             )
         return snapshot
 
@@ -325,3 +326,5 @@ class Trainer:
     def finish(self) -> None:
         """Drop the resumable state once the checkpoint is written."""
         self.state_path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty: something else lives there
+            self.state_path.parent.rmdir()
