@@ -1,0 +1,78 @@
+"""Checkpoints written by `train lora` and `train head` are served by the real worker process
+through the real broker, with the same labels and scores as offline evaluation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from models.data import prepare_splits
+from models.demo_reviews import LABELS, demo_splits, write_tsv
+from models.engine import load_classifier
+from models.head_training import train_head
+from models.lora import train_lora
+from models.tiny import build_tiny_embedding_base
+from models.training import LoopConfig
+from tests.integration.conftest import WorkerFactory
+from worker.broker import create_topics
+from worker.clients import consume, produce_values
+
+pytestmark = pytest.mark.integration
+N = 40
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("trained")
+    base = build_tiny_embedding_base(root / "base", cache_dir=cache_dir, seed=5)
+    splits = demo_splits()
+    files = {}
+    for name, part in (("train", splits.train[:160]), ("dev", splits.dev[:40])):
+        files[name] = root / f"{name}.tsv"
+        write_tsv(files[name], part)
+    data = prepare_splits(files["train"], files["dev"], None, LABELS)
+    quiet = lambda _: None  # noqa: E731
+    return {
+        "lora": train_lora(base, data, LABELS, root / "lora", loop=LoopConfig(epochs=1, lr=2e-3),
+                           device="cpu", echo=quiet),
+        "head": train_head(base, data, LABELS, root / "head", cache_dir=root / "cache", device="cpu",
+                           dimensions=32, echo=quiet),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["lora", "head"])
+def test_worker_serves_a_trained_checkpoint_like_offline_eval(
+    kind: str, trained: dict[str, Path], broker: str, topics: dict[str, str], start_worker: WorkerFactory
+) -> None:
+    checkpoint = trained[kind]
+    asyncio.run(create_topics(broker, [topics["input"], topics["output"], topics["dlq"]], partitions=2))
+    start_worker("--checkpoint", str(checkpoint), "--batch-size", "8")
+    texts = [ex.text for ex in demo_splits().test[:N]]
+    messages = [(None, orjson.dumps({"id": f"t{i}", "text": t})) for i, t in enumerate(texts)]
+    asyncio.run(produce_values(broker, topics["input"], messages))
+
+    async def collect() -> dict[str, dict[str, object]]:
+        got: dict[str, dict[str, object]] = {}
+        deadline = time.monotonic() + 90
+        while len(got) < N and time.monotonic() < deadline:
+            async for _k, value, _h in consume(broker, topics["output"], timeout_s=3):
+                obj = orjson.loads(value or b"{}")
+                got[obj["id"]] = obj
+        return got
+
+    results = asyncio.run(collect())
+    assert len(results) == N
+    engine = load_classifier(checkpoint, device="cpu", dtype="float32")
+    offline = engine.classify(texts)
+    name = checkpoint.name
+    for i, prediction in enumerate(offline):
+        result = results[f"t{i}"]
+        assert result["model"] == {"name": name, "version": "1"}
+        assert result["label"] == LABELS[prediction.label_id]
+        scores = result["scores"]
+        assert isinstance(scores, dict)
+        assert [scores[label] for label in LABELS] == pytest.approx(list(prediction.probabilities), abs=1e-6)
