@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from models.engine import Classifier
 from schemas.errors import ConfigError
 from schemas.messages import Headers
+from worker.logs import logging_config
 from worker.metrics import METRICS_CONTENT_TYPE, Metrics
 from worker.pipeline import BatchProcessor, Record, Topics
 from worker.settings import Settings
@@ -207,4 +208,9 @@ def run_worker(settings: Settings) -> None:
     log.info("model warmed up in %.1f s", seconds)
     (settings.home / "faust").mkdir(parents=True, exist_ok=True)
     app = create_app(settings, classifier, CollectorRegistry())
-    faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()
+    faust.Worker(
+        app,
+        loglevel=settings.log_level.upper(),
+        quiet=True,
+        logging_config=logging_config(settings.log_level),
+    ).execute_from_commandline()

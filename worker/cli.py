@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import logging.config
 import sys
 import types
 import typing
@@ -61,9 +61,10 @@ MODEL = ("checkpoint", "device", "dtype", "compile", "max_batch_tokens", "home")
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    """Human lines on a terminal, JSON lines otherwise (``worker/logs.py``)."""
+    from worker.logs import logging_config
+
+    logging.config.dictConfig(logging_config(level))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -80,19 +81,32 @@ def cli() -> None:
     *KAFKA, "input_topic", "output_topic", "dlq_topic", "group_id", "partitions", "replication",
     "offset_reset", "session_timeout_s", "rebalance_timeout_s", "commit_interval_s",
     *MODEL, "batch_size", "batch_wait_s", "max_message_bytes", "web_port", "web_host", "log_level",
+    "processes",
 )  # fmt: skip
 def worker(**options: Any) -> None:
     """Consume reviews, classify them in micro-batches, publish results and dead letters.
 
     Offsets are committed only after the results of a batch are acknowledged by the broker
     (at-least-once). Serves /metrics, /healthz and /readyz on --web-port. Stops cleanly on
-    SIGTERM or Ctrl-C.
+    SIGTERM or Ctrl-C. --processes N runs N such workers in one consumer group.
     """
-    from worker.app import run_worker
+    from worker.app import require_reachable, run_worker
 
     settings = load_settings(**options)
     _setup_logging(settings.log_level)
-    run_worker(settings)
+    if settings.processes == 1:
+        run_worker(settings)
+        return
+    from models.default import default_checkpoint
+    from worker.processes import run_processes
+
+    require_reachable(settings.broker_list)
+    checkpoint = settings.checkpoint or default_checkpoint(settings.home)  # trained once, not N times
+    args = sys.argv[1:]
+    args = args[args.index("worker") + 1 :]
+    sys.exit(
+        run_processes(args, count=settings.processes, checkpoint=checkpoint, first_port=settings.web_port)
+    )
 
 
 @cli.command()

@@ -29,6 +29,7 @@ from schemas.messages import (
     encode_result,
     now_ms,
 )
+from worker.logs import where
 from worker.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,10 @@ class BatchProcessor:
 
     async def _dead_letter(self, rec: Record, exc: InvalidMessage) -> Awaitable[Any]:
         """The single place dead-letter decisions are made and logged."""
-        log.warning("dead-lettering %s[%d]@%d: %s: %s", rec.topic, rec.partition, rec.offset, exc.reason, exc)
+        log.warning(
+            "dead-lettering %s[%d]@%d: %s: %s", rec.topic, rec.partition, rec.offset, exc.reason, exc,
+            extra=where(rec.topic, rec.partition, rec.offset),
+        )  # fmt: skip
         headers = dead_letter_headers(
             exc, topic=rec.topic, partition=rec.partition, offset=rec.offset, original=rec.headers
         )

@@ -87,6 +87,14 @@ class Settings(BaseSettings):
     )
 
     # --- process -------------------------------------------------------------------------------
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Worker processes to run on this machine, each a consumer in the same group with "
+        "its own model copy (Kafka splits the partitions among them). The first serves --web-port, "
+        "the others the ports after it.",
+    )
     web_port: int = Field(default=6066, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz.")
     web_host: str = Field(default="0.0.0.0", description="Address the web server binds.")
     port: int = Field(default=9092, ge=1, le=65535, description="Port of `sentiment broker`.")

@@ -130,6 +130,15 @@ def test_reviews_in_results_out_bad_input_dead_lettered(
 
     assert worker.poll() is None, "a bad message must never stop the worker"
 
+    # its log goes to a file, not a terminal: JSON lines, each dead letter with its coordinates
+    log_lines = Path(worker.log).read_text(errors="replace").splitlines()  # type: ignore[attr-defined]
+    entries = [json.loads(line[line.index("{") :]) for line in log_lines if '{"ts"' in line]
+    warned = [e for e in entries if e["message"].startswith("dead-lettering")]
+    assert len(warned) == len(MALFORMED), log_lines[-20:]
+    for entry in warned:
+        assert entry["level"] == "warning" and entry["topic"] == topics["input"]
+        assert entry["offset"] <= last_offsets[entry["partition"]]
+
     deadline = time.monotonic() + 30
     while True:
         committed = asyncio.run(_committed(broker, topics["group"], topics["input"]))
