@@ -30,6 +30,7 @@ from schemas.messages import Headers
 from worker.logs import logging_config
 from worker.metrics import METRICS_CONTENT_TYPE, Metrics
 from worker.pipeline import BatchProcessor, Record, Topics
+from worker.security import broker_credentials
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,8 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         broker_commit_interval=settings.commit_interval_s,
         producer_acks=-1,
+        broker_client_id=settings.client_id,
+        broker_credentials=broker_credentials(settings),
     )
     metrics = Metrics.create(registry)
     info = classifier.info

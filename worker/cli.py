@@ -56,7 +56,16 @@ def settings_options(*names: str) -> Callable[[F], F]:
     return decorate
 
 
-KAFKA = ("brokers",)
+KAFKA = (
+    "brokers",
+    "client_id",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password",
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
+)
 MODEL = ("checkpoint", "device", "dtype", "compile", "max_batch_tokens", "home")
 
 
@@ -164,7 +173,11 @@ def produce(file: typing.TextIO, fmt: str, **options: Any) -> None:
         for n, line in enumerate(file, 1)
         if line.strip()
     ]
-    sent = asyncio.run(produce_values(settings.brokers, settings.input_topic, messages))
+    from worker.security import aiokafka_security
+
+    sent = asyncio.run(
+        produce_values(settings.brokers, settings.input_topic, messages, security=aiokafka_security(settings))
+    )
     click.echo(f"sent {len(sent)} messages to {settings.input_topic}", err=True)
 
 
@@ -179,8 +192,10 @@ def produce(file: typing.TextIO, fmt: str, **options: Any) -> None:
 def tail(limit: int | None, timeout_s: float | None, from_end: bool, **options: Any) -> None:
     """Print results (or any topic, with --output-topic) as JSON lines."""
     from worker.clients import consume
+    from worker.security import aiokafka_security
 
     settings = load_settings(**options)
+    security = aiokafka_security(settings)
 
     async def run() -> None:
         async for _key, value, _headers in consume(
@@ -189,6 +204,7 @@ def tail(limit: int | None, timeout_s: float | None, from_end: bool, **options: 
             limit=limit,
             timeout_s=timeout_s,
             from_beginning=not from_end,
+            security=security,
         ):
             click.echo((value or b"").decode("utf-8", "replace"))
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
-from typing import Literal
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any, Literal
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -38,10 +38,17 @@ def line_to_message(line: str, *, fmt: LineFormat, lineno: int) -> tuple[bytes |
 
 
 async def produce_values(
-    brokers: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]
+    brokers: str,
+    topic: str,
+    messages: Iterable[tuple[bytes | None, bytes]],
+    *,
+    security: Mapping[str, Any] | None = None,
 ) -> list[RecordMetadata]:
-    """Send every (key, value) and wait for the broker's acknowledgements."""
-    producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", linger_ms=5)
+    """Send every (key, value) and wait for the broker's acknowledgements.
+
+    ``security``: TLS/SASL keyword arguments (``worker.security.aiokafka_security``).
+    """
+    producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", linger_ms=5, **(security or {}))
     await producer.start()
     try:
         futures = [await producer.send(topic, value, key=key) for key, value in messages]
@@ -57,6 +64,7 @@ async def consume(
     limit: int | None = None,
     timeout_s: float | None = None,
     from_beginning: bool = True,
+    security: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]:
     """Yield (key, value, headers) from ``topic`` without joining a group (nothing committed).
 
@@ -68,6 +76,7 @@ async def consume(
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
+        **(security or {}),
     )
     await consumer.start()
     seen = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.errors import ConfigError
@@ -49,6 +49,24 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(
         default=1.0, gt=0, description="How often acknowledged offsets are committed."
     )
+
+    client_id: str = Field(default="sentiment-worker", description="Kafka client id (broker logs, quotas).")
+    sasl_mechanism: Literal["none", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="none", description="SASL authentication; needs --sasl-username and SENTIMENT_SASL_PASSWORD."
+    )
+    sasl_username: str | None = Field(default=None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password; prefer the environment variable (never logged)."
+    )
+    ssl_cafile: Path | None = Field(
+        default=None,
+        description="TLS: CA bundle to verify the brokers (turns TLS on; system CAs if unset "
+        "and --ssl-certfile is given).",
+    )
+    ssl_certfile: Path | None = Field(
+        default=None, description="TLS client certificate (PEM), with --ssl-keyfile."
+    )
+    ssl_keyfile: Path | None = Field(default=None, description="TLS client private key (PEM).")
 
     # --- model ---------------------------------------------------------------------------------
     checkpoint: Path | None = Field(
