@@ -12,15 +12,18 @@ Traps handled here (DESIGN.md "Delivery semantics"):
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Mapping
+import time
+from collections.abc import Awaitable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import faust
-from faust.types import EventT
+from faust.types import TP, EventT
 from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -106,6 +109,9 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
             "dtype": info.dtype,
         }
     )
+    for label in info.labels:  # every label visible at 0 from the start
+        metrics.results_by_label.labels(label=label)
+    in_flight = InFlight(metrics)
     source = app.topic(settings.input_topic, key_type=bytes, value_type=bytes)
     sinks = [
         app.topic(t, key_type=bytes, value_type=bytes) for t in (settings.output_topic, settings.dlq_topic)
@@ -127,7 +133,10 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
         async for events in cast(faust.Stream, stream).take_events(
             settings.batch_size, within=settings.batch_wait_s
         ):
-            await finish_batch(processor, [to_record(e) for e in events])
+            records = [to_record(e) for e in events]
+            with in_flight.track():
+                await finish_batch(processor, records)
+            record_lag(app, metrics, records)
 
     @app.page("/metrics")
     async def metrics_view(self: View, request: Request) -> Response:
@@ -144,10 +153,53 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
             for tp in app.consumer.assignment()
             if tp.topic == settings.input_topic
         )
-        ready = bool(assigned) and classifier.health()
-        return self.json({"ready": ready, "assigned": assigned}, status=200 if ready else 503)
+        oldest = in_flight.oldest_age()
+        stuck = oldest > settings.stuck_batch_s
+        ready = bool(assigned) and classifier.health() and not stuck
+        body = {"ready": ready, "assigned": assigned, "oldest_batch_s": round(oldest, 3), "stuck": stuck}
+        return self.json(body, status=200 if ready else 503)
 
     return app
+
+
+class InFlight:
+    """Micro-batches being worked on: the in-flight gauge, and the age of the oldest for /readyz."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.gauge = metrics.in_flight_batches
+        self.started: dict[int, float] = {}
+        self.counter = itertools.count()
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        token = next(self.counter)
+        self.started[token] = time.monotonic()
+        self.gauge.inc()
+        try:
+            yield
+        finally:
+            del self.started[token]
+            self.gauge.dec()
+
+    def oldest_age(self) -> float:
+        return time.monotonic() - min(self.started.values()) if self.started else 0.0
+
+
+def record_lag(app: faust.App, metrics: Metrics, records: list[Record]) -> None:
+    """Per partition of a finished batch: messages between its last offset and the partition's end."""
+    last: dict[tuple[str, int], int] = {}
+    for rec in records:
+        key = (rec.topic, rec.partition)
+        last[key] = max(last.get(key, -1), rec.offset)
+    for (topic, partition), offset in last.items():
+        try:
+            highwater = app.consumer.highwater(TP(topic, partition))
+        except Exception:  # not known yet (just assigned): try again after the next batch
+            continue
+        if highwater is not None:
+            metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(
+                max(0, highwater - offset - 1)
+            )
 
 
 async def finish_batch(processor: BatchProcessor, records: list[Record]) -> None:

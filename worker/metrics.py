@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from schemas.errors import DEAD_LETTER_REASONS
 
@@ -30,6 +30,10 @@ class Metrics:
     batch_reviews: Histogram
     batch_tokens: Histogram
     model_info: Info
+    results_by_label: Counter
+    queue_wait: Histogram
+    in_flight_batches: Gauge
+    consumer_lag: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry, prefix: str = "sentiment") -> Metrics:
@@ -72,6 +76,29 @@ class Metrics:
                 registry=registry,
             ),
             model_info=Info(name("model"), "The served model.", registry=registry),
+            results_by_label=Counter(
+                name("results"),
+                "Results published (broker-acknowledged), by label.",
+                ["label"],
+                registry=registry,
+            ),
+            queue_wait=Histogram(
+                name("queue_wait_seconds"),
+                "Time a micro-batch waited for the model thread before the model started on it.",
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            in_flight_batches=Gauge(
+                name("in_flight_batches"),
+                "Micro-batches taken from Kafka and not yet finished.",
+                registry=registry,
+            ),
+            consumer_lag=Gauge(
+                name("consumer_lag"),
+                "Messages behind the partition's end (high watermark) after the last finished batch.",
+                ["topic", "partition"],
+                registry=registry,
+            ),
         )
         for reason in DEAD_LETTER_REASONS:  # every reason visible at 0 from the start
             m.dead_letters.labels(reason=reason)

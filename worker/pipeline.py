@@ -114,7 +114,7 @@ class BatchProcessor:
                 ts_out=ts_out,
             )
             fut = await self.publisher.send(self.topics.output, rec.key, value, rec.headers)
-            pending.append((fut, self._on_result(ts_in)))
+            pending.append((fut, self._on_result(ts_in, self.labels[pred.label_id])))
         for rec, error in dead:
             pending.append((await self._dead_letter(rec, error), self._on_dead(error)))
         await self._await_acks(pending)
@@ -126,10 +126,13 @@ class BatchProcessor:
         loop = asyncio.get_running_loop()
         texts = [r.text for r in reviews]
         started = time.perf_counter()
+
+        def run() -> list[Prediction]:
+            self.metrics.queue_wait.observe(time.perf_counter() - started)  # waited for the model thread
+            return self.classifier.classify(texts)
+
         try:
-            preds: list[Prediction | InvalidMessage] = list(
-                await loop.run_in_executor(self.executor, self.classifier.classify, texts)
-            )
+            preds: list[Prediction | InvalidMessage] = list(await loop.run_in_executor(self.executor, run))
         except Exception as exc:
             log.warning("model failed on a batch of %d (%r); retrying one by one", len(texts), exc)
             preds = [await self._classify_one(loop, text) for text in texts]
@@ -156,9 +159,10 @@ class BatchProcessor:
         )
         return await self.publisher.send(self.topics.dlq, rec.key, rec.value or b"", headers)
 
-    def _on_result(self, ts_in: int) -> Callable[[], None]:
+    def _on_result(self, ts_in: int, label: str) -> Callable[[], None]:
         def done() -> None:
             self.metrics.messages_out.inc()
+            self.metrics.results_by_label.labels(label=label).inc()
             self.metrics.end_to_end_latency.observe(max(0, self.clock_ms() - ts_in) / 1000)
 
         return done

@@ -104,6 +104,12 @@ class Settings(BaseSettings):
         default=1_000_000, ge=1, description="Larger input values are dead-lettered (too_large)."
     )
 
+    stuck_batch_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="/readyz turns not-ready while a micro-batch has been in flight longer than this.",
+    )
+
     # --- process -------------------------------------------------------------------------------
     processes: int = Field(
         default=1,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import time
 import urllib.request
@@ -154,6 +155,19 @@ def test_reviews_in_results_out_bad_input_dead_lettered(
     assert 'sentiment_dead_letters_total{reason="schema"} 2.0' in text
     assert 'sentiment_dead_letters_total{reason="empty_text"} 1.0' in text
     assert f"sentiment_end_to_end_latency_seconds_count {float(N_VALID)}" in text
+    by_label = {
+        m[0]: float(m[1]) for m in re.findall(r'^sentiment_results_total\{label="(\w+)"\} (\S+)$', text, re.M)
+    }
+    assert set(by_label) == {"negative", "positive"} and sum(by_label.values()) == N_VALID
+    assert "sentiment_in_flight_batches 0.0" in text
+    batches = float(re.search(r"^sentiment_model_batch_seconds_count (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    assert f"sentiment_queue_wait_seconds_count {batches}" in text and batches >= N_VALID / 32
+    lags = re.findall(r'^sentiment_consumer_lag\{partition="(\d)",topic="([^"]+)"\} (\S+)$', text, re.M)
+    assert {int(p) for p, _, _ in lags} == set(range(PARTITIONS)), lags
+    assert all(t == topics["input"] and float(v) == 0.0 for _, t, v in lags), "everything consumed: no lag"
+    with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/readyz") as resp:  # type: ignore[attr-defined]
+        ready = json.loads(resp.read())
+    assert ready["ready"] and not ready["stuck"] and ready["oldest_batch_s"] == 0.0
 
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0, Path(worker.log).read_text()[-3000:]  # type: ignore[attr-defined]
