@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +42,7 @@ from models.reviews import sample_reviews
 from schemas.messages import now_ms
 from worker.broker import DevBroker, create_topics, free_port
 from worker.clients import consume, produce_values
+from worker.demo import wait_ready
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCORES = {"negative": 0.0, "positive": 1.0}
@@ -105,21 +105,6 @@ def serve(case: str, brokers: str, tag: str, web_port: int) -> None:
             return self.json({"ready": ready}, status=200 if ready else 503)
 
     faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
-
-
-def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the worker exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError("the worker did not become ready")
 
 
 async def collect(

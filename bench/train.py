@@ -36,7 +36,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.engine import RESULTS, build_model, load_texts, tokenizer_file
+from bench.engine import RESULTS, build_model, load_texts, sync, tokenizer_file
 from models.engine import EmbeddingHeadEngine
 from models.heads import build_head
 from models.loading import load_tokenizer
@@ -45,11 +45,6 @@ from models.tokenizer import ENDOFTEXT, ENDOFTEXT_ID
 from models.training import length_buckets, pad_batch
 
 BATCH, SEED_PAD, MAX_TOKENS = 16, 160, 512
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def seed_batches(ids: list[list[int]]) -> list[list[list[int]]]:

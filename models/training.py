@@ -13,7 +13,6 @@ same batches and dropout masks that an uninterrupted one would have used.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import random
@@ -29,8 +28,6 @@ from tqdm import tqdm
 
 from models.evaluation import evaluate
 from schemas.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 STATE_FILE = "train-state.pt"
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
