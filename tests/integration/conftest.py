@@ -2,19 +2,40 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from schemas.errors import SentimentError
 from worker.broker import free_port
+from worker.clients import consume
 from worker.demo import wait_ready
 
 WorkerFactory = Callable[..., subprocess.Popen[bytes]]
+
+
+async def result_ids(broker: str, topic: str) -> list[str]:
+    """The ``id`` of every result on ``topic`` so far (repeats included)."""
+    return [orjson.loads(v or b"{}")["id"] async for _k, v, _h in consume(broker, topic, timeout_s=3)]
+
+
+def result_counts(broker: str, topic: str, expected: int, timeout_s: float = 120) -> Counter[str]:
+    """How often each id has a result, once ``expected`` distinct ids arrived (or the time ran out)
+    and two more seconds passed for any repeat to arrive too."""
+    deadline = time.monotonic() + timeout_s
+    ids: list[str] = []
+    while len(set(ids)) < expected and time.monotonic() < deadline:
+        ids = asyncio.run(result_ids(broker, topic))
+    time.sleep(2)
+    return Counter(asyncio.run(result_ids(broker, topic)))
 
 
 @pytest.fixture

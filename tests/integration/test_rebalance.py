@@ -8,22 +8,17 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import Counter
 
 import orjson
 import pytest
 
 from models.demo_reviews import demo_splits
-from tests.integration.conftest import WorkerFactory
+from tests.integration.conftest import WorkerFactory, result_counts
 from worker.broker import create_topics
-from worker.clients import consume, produce_values
+from worker.clients import produce_values
 
 pytestmark = pytest.mark.integration
 N, BATCH, RATE = 6000, 8, 300  # 20 s of steady traffic: the join lands in the middle of it
-
-
-async def result_ids(broker: str, topic: str) -> list[str]:
-    return [orjson.loads(v or b"{}")["id"] async for _k, v, _h in consume(broker, topic, timeout_s=3)]
 
 
 async def steady(broker: str, topic: str, texts: list[str]) -> None:
@@ -50,11 +45,6 @@ def test_a_worker_joining_mid_stream_loses_nothing(
     assert producer.is_alive(), "the join must land mid-stream for this test to mean anything"
     producer.join()
 
-    deadline = time.monotonic() + 120
-    ids: list[str] = []
-    while len(set(ids)) < N and time.monotonic() < deadline:
-        ids = asyncio.run(result_ids(broker, topics["output"]))
-    time.sleep(2)
-    counts = Counter(asyncio.run(result_ids(broker, topics["output"])))
+    counts = result_counts(broker, topics["output"], N)
     assert set(counts) == {f"r{i}" for i in range(N)}, f"lost: {N - len(counts)}"
     assert first.poll() is None and second.poll() is None

@@ -5,23 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections import Counter
 
 import orjson
 import pytest
 
 from models.demo_reviews import demo_splits
-from tests.integration.conftest import WorkerFactory
+from tests.integration.conftest import WorkerFactory, result_counts, result_ids
 from worker.broker import create_topics
 from worker.clients import consume, produce_values
 
 pytestmark = pytest.mark.integration
 N = 2000
-
-
-async def result_ids(broker: str, topic: str) -> list[str]:
-    return [orjson.loads(v or b"{}")["id"] async for _k, v, _h in consume(broker, topic, timeout_s=3)]
 
 
 def test_sigterm_mid_stream_loses_nothing_and_repeats_nothing(
@@ -45,12 +40,7 @@ def test_sigterm_mid_stream_loses_nothing_and_repeats_nothing(
     )
 
     start_worker("--batch-size", "64")
-    deadline = time.monotonic() + 120
-    ids: list[str] = []
-    while len(set(ids)) < N and time.monotonic() < deadline:
-        ids = asyncio.run(result_ids(broker, topics["output"]))
-    time.sleep(2)
-    counts = Counter(asyncio.run(result_ids(broker, topics["output"])))
+    counts = result_counts(broker, topics["output"], N)
     assert set(counts) == {f"s{i}" for i in range(N)}, f"lost: {N - len(counts)}"
     repeated = [i for i, c in counts.items() if c > 1]
     assert not repeated, f"{len(repeated)} repeated, e.g. {repeated[:5]}"
