@@ -18,33 +18,44 @@ from worker.broker import create_topics
 from worker.clients import produce_values
 
 pytestmark = pytest.mark.integration
-N, BATCH, RATE = 6000, 8, 300  # 20 s of steady traffic: the join lands in the middle of it
+BATCH, RATE = 8, 200
 
 
-async def steady(broker: str, topic: str, texts: list[str]) -> None:
-    """RATE reviews/s in 100 ms ticks."""
-    per_tick = RATE // 10
-    start = time.monotonic()
-    for n, i in enumerate(range(0, len(texts), per_tick)):
-        await asyncio.sleep(max(0.0, start + n * 0.1 - time.monotonic()))
+async def steady(broker: str, topic: str, texts: list[str], stop: threading.Event) -> int:
+    """RATE reviews/s in 100 ms ticks until ``stop`` is set, then 2 s more; how many were sent."""
+    per_tick, start, sent, stopped_at = RATE // 10, time.monotonic(), 0, None
+    while sent < len(texts):
+        if stop.is_set():
+            stopped_at = stopped_at or time.monotonic()
+            if time.monotonic() > stopped_at + 2:
+                break
+        await asyncio.sleep(max(0.0, start + sent / RATE - time.monotonic()))
         chunk = [(f"k{j}".encode(), orjson.dumps({"id": f"r{j}", "text": texts[j]}))
-                 for j in range(i, min(i + per_tick, len(texts)))]  # fmt: skip
+                 for j in range(sent, min(sent + per_tick, len(texts)))]  # fmt: skip
         await produce_values(broker, topic, chunk)
+        sent += len(chunk)
+    return sent
 
 
 def test_a_worker_joining_mid_stream_loses_nothing(
     broker: str, topics: dict[str, str], start_worker: WorkerFactory
 ) -> None:
     asyncio.run(create_topics(broker, [topics["input"], topics["output"], topics["dlq"]], partitions=4))
-    texts = [ex.text for ex in demo_splits().train[:N]]
+    splits = demo_splits()
+    texts = [ex.text for ex in splits.train + splits.dev + splits.test]  # up to ~87 s of traffic
     first = start_worker("--batch-size", str(BATCH))
-    producer = threading.Thread(target=lambda: asyncio.run(steady(broker, topics["input"], texts)))
+    stop, sent = threading.Event(), [0]
+    producer = threading.Thread(
+        target=lambda: sent.__setitem__(0, asyncio.run(steady(broker, topics["input"], texts, stop)))
+    )
     producer.start()
     time.sleep(3)
     second = start_worker("--batch-size", str(BATCH))  # returns once it holds partitions
-    assert producer.is_alive(), "the join must land mid-stream for this test to mean anything"
+    stop.set()  # traffic goes on for 2 s more: the join lands in the middle of the stream
     producer.join()
+    assert sent[0] < len(texts), "the traffic must outlast the join for this test to mean anything"
 
-    counts = result_counts(broker, topics["output"], N)
-    assert set(counts) == {f"r{i}" for i in range(N)}, f"lost: {N - len(counts)}"
+    n = sent[0]
+    counts = result_counts(broker, topics["output"], n)
+    assert set(counts) == {f"r{i}" for i in range(n)}, f"lost: {n - len(counts)}"
     assert first.poll() is None and second.poll() is None
