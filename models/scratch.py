@@ -77,6 +77,16 @@ class CompactVocab:
         return [[self.compact[t] for t in seq] for seq in seqs]
 
 
+def _bags(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``EmbeddingBag`` input for ``rows`` of character ids: the ids laid end to end, and offsets."""
+    flat: list[int] = []
+    offsets: list[int] = []
+    for row in rows:
+        offsets.append(len(flat))
+        flat.extend(row)
+    return torch.tensor(flat, dtype=torch.int64), torch.tensor(offsets, dtype=torch.int64)
+
+
 class ComposedEmbedding(nn.Module):
     """``E[t] = residual[t] + mean(chars[c] for c in t)``; drop-in for ``nn.Embedding``."""
 
@@ -88,13 +98,9 @@ class ComposedEmbedding(nn.Module):
             self.residual[FIRST : FIRST + vocab.trained].normal_(0.0, std)
         self.chars = nn.EmbeddingBag(max(1, len(vocab.chars)), hidden, mode="mean")
         nn.init.normal_(self.chars.weight, 0.0, std)
-        flat: list[int] = []
-        offsets: list[int] = []
-        for cs in vocab.token_chars:
-            offsets.append(len(flat))
-            flat.extend(cs)
-        self.register_buffer("flat", torch.tensor(flat, dtype=torch.int64), persistent=False)
-        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.int64), persistent=False)
+        flat, offsets = _bags(vocab.token_chars)
+        self.register_buffer("flat", flat, persistent=False)
+        self.register_buffer("offsets", offsets, persistent=False)
 
     def table(self) -> torch.Tensor:
         # EmbeddingBag gives a zero row to a token with no known characters
@@ -106,9 +112,7 @@ class ComposedEmbedding(nn.Module):
     def characters_only(self, texts: Sequence[str]) -> torch.Tensor:
         """Mean known-character embedding of each text (zeros where none is known)."""
         known = [[self.char_index[c] for c in _characters(t) if c in self.char_index] for t in texts]
-        flat = torch.tensor([c for cs in known for c in cs], dtype=torch.int64)
-        offsets = torch.tensor([0, *torch.tensor([len(cs) for cs in known]).cumsum(0)[:-1].tolist()])
-        return self.chars(flat, offsets)
+        return self.chars(*_bags(known))
 
 
 def compact_model(
