@@ -37,7 +37,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.engine import EngineInfo, Prediction
+from models.engine import EngineInfo, Prediction, Tokenised
 from models.reviews import sample_reviews
 from schemas.messages import now_ms
 from worker.broker import DevBroker, create_topics, free_port
@@ -55,8 +55,14 @@ class NoopClassifier:
     max_batch_tokens = 1 << 20
     max_batch_size = 4096
 
+    def tokenise(self, texts: Sequence[str]) -> Tokenised:
+        return Tokenised([[0] * len(t) for t in texts], [False] * len(texts))
+
+    def classify_tokenised(self, tok: Tokenised) -> list[Prediction]:
+        return [Prediction(1, (0.0, 1.0), False, len(ids)) for ids in tok.ids]
+
     def classify(self, texts: Sequence[str]) -> list[Prediction]:
-        return [Prediction(1, (0.0, 1.0), False, len(t)) for t in texts]
+        return self.classify_tokenised(self.tokenise(texts))
 
     def warm_up(self) -> float:
         return 0.0

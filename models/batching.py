@@ -28,3 +28,38 @@ def plan_batches(lengths: Sequence[int], *, max_batch_tokens: int, max_batch_siz
     if current:
         batches.append(current)
     return batches
+
+
+def padding_fraction(lengths: Sequence[int], *, max_batch_tokens: int, max_batch_size: int) -> float:
+    """Share of the padded token slots (``longest × count`` per planned batch) that are padding.
+
+    The budget is counted padded, so this is the share of it spent on nothing: how well length
+    sorting packs the texts given. The packed forward pass computes real tokens only.
+    """
+    if not lengths:
+        return 0.0
+    padded = sum(
+        len(batch) * max(lengths[i] for i in batch)
+        for batch in plan_batches(lengths, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size)
+    )
+    return 1.0 - sum(lengths) / padded
+
+
+def cut_by_tokens(lengths: Sequence[int], budget: int) -> list[range]:
+    """Consecutive runs of ``lengths`` (arrival order) whose sums stay within ``budget``.
+
+    A run closes before the text that would take it over; a text over the budget on its own
+    still gets a run. Zero lengths (messages with nothing to tokenise) cost nothing.
+    """
+    if budget < 1:
+        raise ValueError("budget must be positive")
+    runs: list[range] = []
+    start, total = 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and total + n > budget:
+            runs.append(range(start, i))
+            start, total = i, 0
+        total += n
+    if start < len(lengths):
+        runs.append(range(start, len(lengths)))
+    return runs

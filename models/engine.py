@@ -67,6 +67,10 @@ class Tokenised:
     ids: list[list[int]]
     truncated: list[bool]
 
+    def take(self, index: Sequence[int]) -> Tokenised:
+        """The texts at ``index``, in that order."""
+        return Tokenised([self.ids[i] for i in index], [self.truncated[i] for i in index])
+
 
 @dataclass(frozen=True, slots=True)
 class Inference:
@@ -90,6 +94,12 @@ class Classifier(Protocol):
     max_batch_size: int
 
     def classify(self, texts: Sequence[str]) -> list[Prediction]: ...
+
+    def tokenise(self, texts: Sequence[str]) -> Tokenised: ...
+
+    def classify_tokenised(self, tok: Tokenised) -> list[Prediction]:
+        """``classify`` for texts already tokenised by ``tokenise`` (the worker tokenises once)."""
+        ...
 
     def warm_up(self) -> float: ...
 
@@ -185,7 +195,10 @@ class Qwen3Engine(ABC):
 
     def infer(self, texts: Sequence[str], *, keep_features: bool = False) -> Inference:
         """Logits (and optionally the head's input features) for ``texts``, in input order."""
-        tok = self.tokenise(texts)
+        return self.infer_tokenised(self.tokenise(texts), keep_features=keep_features)
+
+    def infer_tokenised(self, tok: Tokenised, *, keep_features: bool = False) -> Inference:
+        """``infer`` for already tokenised texts."""
         lengths = [len(ids) for ids in tok.ids]
         order: list[int] = []
         logits: list[torch.Tensor] = []
@@ -200,20 +213,23 @@ class Qwen3Engine(ABC):
                     feats.append(f)
         index = torch.tensor(order, dtype=torch.int64)
         num_labels = len(self.manifest.labels)
-        out_logits = torch.empty(len(texts), num_labels)
+        out_logits = torch.empty(len(tok.ids), num_labels)
         out_feats = None
         if logits:  # one device→host copy for the whole call
             out_logits[index] = torch.cat(logits).cpu()
             if keep_features:
                 stacked = torch.cat(feats).cpu()
-                out_feats = torch.empty(len(texts), stacked.shape[1])
+                out_feats = torch.empty(len(tok.ids), stacked.shape[1])
                 out_feats[index] = stacked
         return Inference(out_logits, out_feats, tok.truncated, lengths)
 
     def classify(self, texts: Sequence[str]) -> list[Prediction]:
-        if not texts:
+        return self.classify_tokenised(self.tokenise(texts)) if texts else []
+
+    def classify_tokenised(self, tok: Tokenised) -> list[Prediction]:
+        if not tok.ids:
             return []
-        result = self.infer(texts)
+        result = self.infer_tokenised(tok)
         probs = result.probabilities
         labels = probs.argmax(-1).tolist()
         return [

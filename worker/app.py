@@ -1,24 +1,21 @@
-"""The Faust app: consume raw bytes, micro-batch with ``take_events``, hand batches to the pipeline.
+"""The Faust app: consume raw bytes, take batches with ``take_events``, hand them to the scheduler.
 
 Traps handled here (DESIGN.md "Delivery semantics"):
 - values are consumed as raw bytes and decoded in the pipeline, so bad input reaches the DLQ
   instead of being skipped by faust's deserializer;
-- ``take_events`` acks the whole buffer when its body ends, even by an exception or a
-  cancellation, so the body never lets an error escape: a batch is finished (published and
-  acknowledged) before control returns, also when the agent is being cancelled, and a failure
-  to publish ends the process before faust can commit.
+- ``take_events`` acks its buffer as soon as its body returns, but a batch is published later
+  (several run at once, ``worker/scheduler.py``). So each event's message gets one more
+  reference before the body returns, and the scheduler drops it once the result is
+  acknowledged by the broker: only then can faust commit the offset. faust commits up to the
+  first offset not yet acknowledged, and on shutdown or revocation it waits for all of them
+  (``stream_wait_empty``), so in-flight batches are finished, published and committed first.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import itertools
 import logging
-import os
 import socket
-import time
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -32,13 +29,14 @@ from schemas.errors import ConfigError
 from schemas.messages import Headers
 from worker.logs import logging_config
 from worker.metrics import METRICS_CONTENT_TYPE, Metrics
-from worker.pipeline import BatchProcessor, Record, Topics
+from worker.pipeline import BatchProcessor, MicroBatch, Record, Topics
+from worker.scheduler import BatchScheduler
 from worker.security import broker_credentials
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-EXIT_PUBLISH_FAILED = 70
+LAG_REFRESH_S = 5.0
 
 
 class FaustPublisher:
@@ -111,20 +109,29 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
     )
     for label in info.labels:  # every label visible at 0 from the start
         metrics.results_by_label.labels(label=label)
-    in_flight = InFlight(metrics)
     source = app.topic(settings.input_topic, key_type=bytes, value_type=bytes)
     sinks = [
         app.topic(t, key_type=bytes, value_type=bytes) for t in (settings.output_topic, settings.dlq_topic)
     ]
     # One model thread: the GPU runs one batch at a time anyway, and the event loop stays free.
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+    # Tokenising has its own thread, so the next batch is tokenised while the model runs.
     processor = BatchProcessor(
         classifier,
         FaustPublisher(app, sinks),
         Topics(output=settings.output_topic, dlq=settings.dlq_topic),
         metrics,
-        executor,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="model"),
         max_message_bytes=settings.max_message_bytes,
+    )
+    lag = LagTracker(app, metrics, settings.input_topic)
+    scheduler = BatchScheduler(
+        processor,
+        classifier,
+        metrics,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenise"),
+        max_in_flight=settings.max_in_flight,
+        max_batch_tokens=settings.max_batch_tokens,
+        on_finished=lag.on_finished,
     )
 
     @app.agent(source)
@@ -133,10 +140,14 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
         async for events in cast(faust.Stream, stream).take_events(
             settings.batch_size, within=settings.batch_wait_s
         ):
-            records = [to_record(e) for e in events]
-            with in_flight.track():
-                await finish_batch(processor, records)
-            record_lag(app, metrics, records)
+            for event in events:  # held until published; see the module docstring
+                event.message.incref()
+            closed_by = "count" if len(events) >= settings.batch_size else "wait"
+            await scheduler.submit([to_record(e) for e in events], [e.ack for e in events], closed_by)
+
+    @app.timer(LAG_REFRESH_S)
+    async def refresh_lag() -> None:
+        lag.refresh()
 
     @app.page("/metrics")
     async def metrics_view(self: View, request: Request) -> Response:
@@ -153,7 +164,7 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
             for tp in app.consumer.assignment()
             if tp.topic == settings.input_topic
         )
-        oldest = in_flight.oldest_age()
+        oldest = scheduler.in_flight.oldest_age()
         stuck = oldest > settings.stuck_batch_s
         ready = bool(assigned) and classifier.health() and not stuck
         body = {"ready": ready, "assigned": assigned, "oldest_batch_s": round(oldest, 3), "stuck": stuck}
@@ -162,69 +173,50 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
     return app
 
 
-class InFlight:
-    """Micro-batches being worked on: the in-flight gauge, and the age of the oldest for /readyz."""
+class LagTracker:
+    """``sentiment_consumer_lag`` per input partition: the high watermark minus what is done.
 
-    def __init__(self, metrics: Metrics) -> None:
-        self.gauge = metrics.in_flight_batches
-        self.started: dict[int, float] = {}
-        self.counter = itertools.count()
-
-    @contextlib.contextmanager
-    def track(self) -> Iterator[None]:
-        token = next(self.counter)
-        self.started[token] = time.monotonic()
-        self.gauge.inc()
-        try:
-            yield
-        finally:
-            del self.started[token]
-            self.gauge.dec()
-
-    def oldest_age(self) -> float:
-        return time.monotonic() - min(self.started.values()) if self.started else 0.0
-
-
-def record_lag(app: faust.App, metrics: Metrics, records: list[Record]) -> None:
-    """Per partition of a finished batch: messages between its last offset and the partition's end."""
-    last: dict[tuple[str, int], int] = {}
-    for rec in records:
-        key = (rec.topic, rec.partition)
-        last[key] = max(last.get(key, -1), rec.offset)
-    for (topic, partition), offset in last.items():
-        try:
-            highwater = app.consumer.highwater(TP(topic, partition))
-        except Exception:  # not known yet (just assigned): try again after the next batch
-            continue
-        if highwater is not None:
-            metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(
-                max(0, highwater - offset - 1)
-            )
-
-
-async def finish_batch(processor: BatchProcessor, records: list[Record]) -> None:
-    """Run the batch to completion even if this task is cancelled meanwhile (shutdown, rebalance).
-
-    ``take_events`` acks the batch as soon as this returns or raises; finishing first is what
-    makes a clean stop repeat nothing and lose nothing. A batch that cannot be published ends
-    the process without a commit, so it is consumed again after restart.
+    Updated when a batch finishes and every ``LAG_REFRESH_S``, so lag still shows while the
+    model is stalled and nothing finishes.
     """
-    task = asyncio.ensure_future(processor.process(records))
-    cancelled = False
-    while not task.done():
+
+    def __init__(self, app: faust.App, metrics: Metrics, topic: str) -> None:
+        self.app = app
+        self.gauge = metrics.consumer_lag
+        self.topic = topic
+        self.done: dict[int, int] = {}  # partition -> next offset after the last finished record
+        self.shown: set[int] = set()
+
+    def on_finished(self, batch: MicroBatch) -> None:
+        for rec in batch.records:
+            self.done[rec.partition] = max(self.done.get(rec.partition, 0), rec.offset + 1)
+        self.refresh({rec.partition for rec in batch.records})
+
+    def refresh(self, partitions: set[int] | None = None) -> None:
+        """Update ``partitions`` (default: all assigned; partitions no longer assigned are removed)."""
         try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            cancelled = True
-        except BaseException:
-            break
-    exc = task.exception()
-    if exc is not None:
-        log.critical("batch of %d could not be completed, exiting without commit: %r", len(records), exc)
-        logging.shutdown()
-        os._exit(EXIT_PUBLISH_FAILED)
-    if cancelled:
-        raise asyncio.CancelledError
+            assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.topic}
+        except Exception:  # consumer not started yet
+            return
+        if partitions is None:
+            for partition in set(self.shown) - assigned:
+                self.gauge.remove(self.topic, str(partition))
+                self.shown.discard(partition)
+                self.done.pop(partition, None)
+        for partition in assigned if partitions is None else partitions & assigned:
+            done = self.done.get(partition, self._committed(partition))
+            try:
+                highwater = self.app.consumer.highwater(TP(self.topic, partition))
+            except Exception:  # not known yet (just assigned): the next refresh tries again
+                continue
+            if highwater is not None and done is not None:
+                self.gauge.labels(topic=self.topic, partition=str(partition)).set(max(0, highwater - done))
+                self.shown.add(partition)
+
+    def _committed(self, partition: int) -> int | None:
+        """The group's committed offset as faust last saw it (None before the first commit)."""
+        committed: Mapping[TP, int | None] = getattr(self.app.consumer, "_committed_offset", {})
+        return committed.get(TP(self.topic, partition))
 
 
 def require_reachable(brokers: list[str], timeout_s: float = 5.0) -> None:

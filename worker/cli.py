@@ -90,7 +90,7 @@ def cli() -> None:
     *KAFKA, "input_topic", "output_topic", "dlq_topic", "group_id", "partitions", "replication",
     "offset_reset", "session_timeout_s", "rebalance_timeout_s", "commit_interval_s",
     *MODEL, "batch_size", "batch_wait_s", "max_message_bytes", "web_port", "web_host", "log_level",
-    "processes", "stuck_batch_s",
+    "processes", "stuck_batch_s", "max_in_flight",
 )  # fmt: skip
 def worker(**options: Any) -> None:
     """Consume reviews, classify them in micro-batches, publish results and dead letters.

@@ -18,6 +18,8 @@ METRICS_CONTENT_TYPE = "; ".join(p for p in CONTENT_TYPE_LATEST.split("; ") if n
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 REVIEW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 TOKEN_BUCKETS = (64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+FRACTION_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+CLOSED_BY = ("count", "tokens", "wait")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,11 @@ class Metrics:
     queue_wait: Histogram
     in_flight_batches: Gauge
     consumer_lag: Gauge
+    batches: Counter
+    padding_fraction: Histogram
+    pending_reviews: Gauge
+    truncated: Counter
+    tokenise_seconds: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry, prefix: str = "sentiment") -> Metrics:
@@ -59,7 +66,7 @@ class Metrics:
             ),
             model_batch_latency=Histogram(
                 name("model_batch_seconds"),
-                "Time the model spent on one micro-batch (tokenising included).",
+                "Time the model spent on one micro-batch (on its thread; tokenising is apart).",
                 buckets=LATENCY_BUCKETS,
                 registry=registry,
             ),
@@ -99,7 +106,40 @@ class Metrics:
                 ["topic", "partition"],
                 registry=registry,
             ),
+            batches=Counter(
+                name("batches"),
+                "Micro-batches formed, by the limit that closed them: count (--batch-size), tokens "
+                "(--max-batch-tokens) or wait (--batch-wait-s).",
+                ["closed_by"],
+                registry=registry,
+            ),
+            padding_fraction=Histogram(
+                name("batch_padding_fraction"),
+                "Share of a micro-batch's padded token slots (longest x count per model batch, the "
+                "unit of the token budget) that are padding.",
+                buckets=FRACTION_BUCKETS,
+                registry=registry,
+            ),
+            pending_reviews=Gauge(
+                name("pending_reviews"),
+                "Reviews taken from Kafka and not yet published; bounded by (--max-in-flight + 1) "
+                "x --batch-size, whatever the lag.",
+                registry=registry,
+            ),
+            truncated=Counter(
+                name("truncated"),
+                "Results whose text was cut to the model's max length (flagged truncated).",
+                registry=registry,
+            ),
+            tokenise_seconds=Histogram(
+                name("tokenise_seconds"),
+                "Time tokenising one batch taken from Kafka (on the tokeniser thread).",
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
         )
         for reason in DEAD_LETTER_REASONS:  # every reason visible at 0 from the start
             m.dead_letters.labels(reason=reason)
+        for closed_by in CLOSED_BY:
+            m.batches.labels(closed_by=closed_by)
         return m

@@ -1,4 +1,4 @@
-"""What happens to one micro-batch: decode, classify off the event loop, publish, account.
+"""What happens to one micro-batch: classify off the event loop, publish, account.
 
 Kept free of faust so it can be unit-tested with fakes: it sees raw records (bytes in, bytes
 out) and a :class:`Publisher` whose ``send`` returns a future of the broker's acknowledgement.
@@ -6,6 +6,10 @@ The contract with the caller: when :meth:`BatchProcessor.process` returns, every
 batch has an acknowledged result or dead letter, so its offsets may be committed. Errors it can
 handle (bad input, model failure) become dead letters; errors it cannot (the broker refusing
 writes) are raised as :class:`PublishError`, and the caller must stop before committing.
+
+Records are decoded (:meth:`BatchProcessor.decode`) and tokenised before they are cut into
+micro-batches (``worker/scheduler.py``), so a :class:`MicroBatch` carries its token ids and the
+model never tokenises again.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from models.engine import Classifier, Prediction
+from models.batching import padding_fraction
+from models.engine import Classifier, Prediction, Tokenised
 from schemas.errors import InvalidMessage, ModelError, SentimentError
 from schemas.messages import (
     Headers,
@@ -62,6 +67,21 @@ class Topics:
     dlq: str
 
 
+@dataclass(frozen=True, slots=True)
+class MicroBatch:
+    """Records cut for one model call, with what was decoded and tokenised for them.
+
+    ``decoded[i]`` is the review of ``records[i]`` or why it is dead-lettered; ``tokens`` holds
+    the token ids of the valid reviews, in record order. ``closed_by`` is the limit that closed
+    the batch: ``count``, ``tokens`` or ``wait``.
+    """
+
+    records: Sequence[Record]
+    decoded: Sequence[Review | InvalidMessage]
+    tokens: Tokenised
+    closed_by: str
+
+
 class BatchProcessor:
     def __init__(
         self,
@@ -85,18 +105,27 @@ class BatchProcessor:
         self.model_ref = ModelRef(name=info.name, version=info.version)
         self.labels = info.labels
 
-    async def process(self, records: Sequence[Record]) -> None:
-        """Handle a batch completely; see the module docstring for the guarantee."""
-        self.metrics.messages_in.inc(len(records))
-        valid: list[tuple[Record, Review]] = []
-        dead: list[tuple[Record, InvalidMessage]] = []
+    def decode(self, records: Sequence[Record]) -> list[Review | InvalidMessage]:
+        """Each record's review, or the reason it will be dead-lettered (size is checked first)."""
+        out: list[Review | InvalidMessage] = []
         for rec in records:
             try:
-                valid.append((rec, decode_review(rec.value, max_bytes=self.max_message_bytes)))
+                out.append(decode_review(rec.value, max_bytes=self.max_message_bytes))
             except InvalidMessage as exc:
-                dead.append((rec, exc))
+                out.append(exc)
+        return out
 
-        predictions = await self._classify([review for _, review in valid])
+    async def process(self, batch: MicroBatch) -> None:
+        """Handle a batch completely; see the module docstring for the guarantee."""
+        valid = [
+            (rec, r) for rec, r in zip(batch.records, batch.decoded, strict=True) if isinstance(r, Review)
+        ]
+        dead = [
+            (rec, r)
+            for rec, r in zip(batch.records, batch.decoded, strict=True)
+            if isinstance(r, InvalidMessage)
+        ]
+        predictions = await self._classify(batch.tokens)
         pending: list[tuple[Awaitable[Any], Callable[[], None]]] = []
         ts_out = self.clock_ms()
         for (rec, review), pred in zip(valid, predictions, strict=True):
@@ -114,36 +143,48 @@ class BatchProcessor:
                 ts_out=ts_out,
             )
             fut = await self.publisher.send(self.topics.output, rec.key, value, rec.headers)
-            pending.append((fut, self._on_result(ts_in, self.labels[pred.label_id])))
+            pending.append((fut, self._on_result(ts_in, self.labels[pred.label_id], pred.truncated)))
         for rec, error in dead:
             pending.append((await self._dead_letter(rec, error), self._on_dead(error)))
         await self._await_acks(pending)
 
-    async def _classify(self, reviews: Sequence[Review]) -> list[Prediction | InvalidMessage]:
+    async def _classify(self, tok: Tokenised) -> list[Prediction | InvalidMessage]:
         """Run the model in its thread; a failing batch is retried text by text to isolate it."""
-        if not reviews:
+        if not tok.ids:
             return []
         loop = asyncio.get_running_loop()
-        texts = [r.text for r in reviews]
         started = time.perf_counter()
+        began: list[float] = []
 
         def run() -> list[Prediction]:
-            self.metrics.queue_wait.observe(time.perf_counter() - started)  # waited for the model thread
-            return self.classifier.classify(texts)
+            began.append(time.perf_counter())
+            self.metrics.queue_wait.observe(began[0] - started)  # waited for the model thread
+            return self.classifier.classify_tokenised(tok)
 
         try:
             preds: list[Prediction | InvalidMessage] = list(await loop.run_in_executor(self.executor, run))
         except Exception as exc:
-            log.warning("model failed on a batch of %d (%r); retrying one by one", len(texts), exc)
-            preds = [await self._classify_one(loop, text) for text in texts]
-        self.metrics.model_batch_latency.observe(time.perf_counter() - started)
-        self.metrics.batch_reviews.observe(len(texts))
-        self.metrics.batch_tokens.observe(sum(p.n_tokens for p in preds if isinstance(p, Prediction)))
+            log.warning("model failed on a batch of %d (%r); retrying one by one", len(tok.ids), exc)
+            preds = [await self._classify_one(loop, tok.take([i])) for i in range(len(tok.ids))]
+        if began:
+            self.metrics.model_batch_latency.observe(time.perf_counter() - began[0])
+        lengths = [len(ids) for ids in tok.ids]
+        self.metrics.batch_reviews.observe(len(lengths))
+        self.metrics.batch_tokens.observe(sum(lengths))
+        self.metrics.padding_fraction.observe(
+            padding_fraction(
+                lengths,
+                max_batch_tokens=self.classifier.max_batch_tokens,
+                max_batch_size=self.classifier.max_batch_size,
+            )
+        )
         return preds
 
-    async def _classify_one(self, loop: asyncio.AbstractEventLoop, text: str) -> Prediction | InvalidMessage:
+    async def _classify_one(
+        self, loop: asyncio.AbstractEventLoop, tok: Tokenised
+    ) -> Prediction | InvalidMessage:
         try:
-            [pred] = await loop.run_in_executor(self.executor, self.classifier.classify, [text])
+            [pred] = await loop.run_in_executor(self.executor, self.classifier.classify_tokenised, tok)
             return pred
         except Exception as exc:
             return ModelError(f"model failed: {type(exc).__name__}: {exc}")
@@ -159,10 +200,12 @@ class BatchProcessor:
         )
         return await self.publisher.send(self.topics.dlq, rec.key, rec.value or b"", headers)
 
-    def _on_result(self, ts_in: int, label: str) -> Callable[[], None]:
+    def _on_result(self, ts_in: int, label: str, truncated: bool) -> Callable[[], None]:
         def done() -> None:
             self.metrics.messages_out.inc()
             self.metrics.results_by_label.labels(label=label).inc()
+            if truncated:
+                self.metrics.truncated.inc()
             self.metrics.end_to_end_latency.observe(max(0, self.clock_ms() - ts_in) / 1000)
 
         return done

@@ -87,18 +87,25 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(
         default=16384,
         ge=1,
-        description="Token budget of one model batch, counted padded (longest × count). Larger "
-        "amortises launches; too large wastes memory on padding.",
+        description="Token budget: a micro-batch taken from Kafka closes before the review that "
+        "would take its tokens over it, and one model call is cut to it counted padded "
+        "(longest × count). Larger amortises launches; too large costs memory and latency.",
     )
 
     # --- batching and limits -------------------------------------------------------------------
-    batch_size: int = Field(
-        default=256, ge=1, description="Most reviews taken from Kafka into one micro-batch."
-    )
+    batch_size: int = Field(default=256, ge=1, description="Most reviews in one micro-batch (the count cap).")
     batch_wait_s: float = Field(
         default=0.05,
         gt=0,
         description="Longest wait to fill a micro-batch; bounds latency when traffic is light.",
+    )
+    max_in_flight: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Micro-batches worked on at once (waiting for or in the model, or being "
+        "published). When all are busy the worker stops taking from Kafka: a slow model shows as "
+        "consumer lag, not memory.",
     )
     max_message_bytes: int = Field(
         default=1_000_000, ge=1, description="Larger input values are dead-lettered (too_large)."

@@ -1,79 +1,13 @@
-"""BatchProcessor with a fake model and a fake publisher (the real ones are in integration tests)."""
+"""BatchProcessor and BatchScheduler with a fake model and publisher (the real ones: integration tests)."""
 
 from __future__ import annotations
-
-import asyncio
-from collections.abc import Awaitable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from models.engine import EngineInfo, Prediction
-from schemas.messages import Headers
-from worker.metrics import Metrics
-from worker.pipeline import BatchProcessor, PublishError, Record, Topics
-
-
-class FakeClassifier:
-    """Positive when the text contains 好; raises on texts containing 'boom'."""
-
-    info = EngineInfo("fake", "1", "sequence-classifier", ("negative", "positive"), 16, "cpu", "float32")
-    max_batch_tokens = 100
-    max_batch_size = 10
-
-    def __init__(self) -> None:
-        self.calls: list[list[str]] = []
-
-    def classify(self, texts: Sequence[str]) -> list[Prediction]:
-        self.calls.append(list(texts))
-        if any("boom" in t for t in texts):
-            raise RuntimeError("kernel exploded")
-        return [
-            Prediction(int("好" in t), (0.2, 0.8) if "好" in t else (0.9, 0.1), len(t) > 16, len(t))
-            for t in texts
-        ]
-
-    def warm_up(self) -> float:
-        return 0.0
-
-    def health(self) -> bool:
-        return True
-
-
-class FakePublisher:
-    def __init__(self, fail_topic: str | None = None) -> None:
-        self.sent: list[tuple[str, bytes | None, bytes, Headers]] = []
-        self.fail_topic = fail_topic
-
-    async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> Awaitable[Any]:
-        self.sent.append((topic, key, value, headers))
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        if topic == self.fail_topic:
-            fut.set_exception(ConnectionError("broker gone"))
-        else:
-            fut.set_result(len(self.sent))
-        return fut
-
-
-def record(offset: int, value: bytes | None, key: bytes | None = b"k") -> Record:
-    return Record("reviews", 0, offset, key, value, [("h", b"v")], 1_000)
-
-
-def make(publisher: FakePublisher, registry: CollectorRegistry) -> tuple[BatchProcessor, FakeClassifier]:
-    model = FakeClassifier()
-    proc = BatchProcessor(
-        model,
-        publisher,
-        Topics("out", "dlq"),
-        Metrics.create(registry),
-        ThreadPoolExecutor(1),
-        max_message_bytes=200,
-        clock_ms=lambda: 3_000,
-    )
-    return proc, model
+from tests.unit.fakes import FakePublisher, handle, make, record
+from worker.pipeline import PublishError
 
 
 def test_valid_reviews_are_published_and_bad_ones_dead_lettered() -> None:
@@ -86,9 +20,10 @@ def test_valid_reviews_are_published_and_bad_ones_dead_lettered() -> None:
         record(3, orjson.dumps({"id": "c", "text": ""})),
         record(4, b"x" * 300),
     ]
-    asyncio.run(proc.process(batch))
+    run = handle(proc, batch)
 
     assert model.calls == [["很好", "差"]]  # one model call for the valid ones only
+    assert sorted(run.acked) == [0, 1, 2, 3, 4] and not run.fatal
     outputs = [(k, orjson.loads(v), h) for t, k, v, h in pub.sent if t == "out"]
     assert [o["id"] for _, o, _ in outputs] == ["a", "b"]
     key, first, headers = outputs[0]
@@ -118,15 +53,17 @@ def test_a_model_failure_isolates_the_bad_text_as_model_error() -> None:
     pub = FakePublisher()
     proc, model = make(pub, CollectorRegistry())
     batch = [record(i, orjson.dumps({"id": str(i), "text": t})) for i, t in enumerate(["好", "boom", "差"])]
-    asyncio.run(proc.process(batch))
+    handle(proc, batch)
     assert model.calls[0] == ["好", "boom", "差"] and model.calls[1:] == [["好"], ["boom"], ["差"]]
     assert sorted(orjson.loads(v)["id"] for t, _, v, _ in pub.sent if t == "out") == ["0", "2"]
     [(_, _, value, headers)] = [s for s in pub.sent if s[0] == "dlq"]
     assert value == batch[1].value and dict(headers)["error.reason"] == b"model_error"
 
 
-def test_an_unacknowledged_send_raises_instead_of_returning() -> None:
+def test_an_unacknowledged_send_is_fatal_and_acks_nothing() -> None:
     pub = FakePublisher(fail_topic="out")
     proc, _ = make(pub, CollectorRegistry())
-    with pytest.raises(PublishError, match="1 of 1 sends"):
-        asyncio.run(proc.process([record(0, orjson.dumps({"id": "a", "text": "好"}))]))
+    run = handle(proc, [record(0, orjson.dumps({"id": "a", "text": "好"}))])
+    [(batch, exc)] = run.fatal
+    assert isinstance(exc, PublishError) and "1 of 1 sends" in str(exc)
+    assert [r.offset for r in batch.records] == [0] and run.acked == []
