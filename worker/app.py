@@ -145,6 +145,8 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
             closed_by = "count" if len(events) >= settings.batch_size else "wait"
             await scheduler.submit([to_record(e) for e in events], [e.ack for e in events], closed_by)
 
+    finish_before_revoke(app)
+
     @app.timer(LAG_REFRESH_S)
     async def refresh_lag() -> None:
         lag.refresh()
@@ -171,6 +173,33 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
         return self.json(body, status=200 if ready else 503)
 
     return app
+
+
+def finish_before_revoke(app: faust.App) -> None:
+    """On revocation, finish and commit what was taken before faust forgets what was acknowledged.
+
+    faust's ``Consumer.on_partitions_revoked`` drops the acknowledged-but-uncommitted offsets of
+    revoked partitions first, and only then waits for the streams and commits (faust-streaming
+    0.15.3, ``transport/consumer.py``). Work finished since the last interval commit would be
+    done again by the partition's next owner. Here the same steps faust takes (stop the flow,
+    wait until every delivered message is acknowledged, committing as acks arrive) run before
+    that, so a rebalance repeats at most what was taken after this point.
+    """
+    consumer = app.consumer
+    # the ConsumerT protocol lacks this method; faust's Consumer, the runtime type, has it
+    forget_and_revoke = cast(Any, consumer).on_partitions_revoked
+
+    async def on_partitions_revoked(revoked: set[TP]) -> None:
+        assignment = consumer.assignment()
+        if assignment:
+            consumer.stop_flow()
+            app.flow_control.suspend()
+            consumer.pause_partitions(assignment)
+            app.flow_control.clear()
+            await consumer.wait_empty()
+        await forget_and_revoke(revoked)
+
+    cast(Any, consumer).on_partitions_revoked = on_partitions_revoked
 
 
 class LagTracker:
