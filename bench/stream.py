@@ -76,7 +76,7 @@ def serve(case: str, brokers: str, tag: str, web_port: int) -> None:
     import faust
     from prometheus_client import CollectorRegistry
 
-    from worker.app import create_app
+    from worker.app import create_app, quiet_worker
     from worker.settings import load_settings
 
     settings = load_settings(
@@ -110,7 +110,7 @@ def serve(case: str, brokers: str, tag: str, web_port: int) -> None:
             ready = any(tp.topic == settings.input_topic for tp in app.consumer.assignment())
             return self.json({"ready": ready}, status=200 if ready else 503)
 
-    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+    quiet_worker(app, "warning").execute_from_commandline()  # both cases: no faust spinner
 
 
 async def collect(
