@@ -37,8 +37,6 @@ from worker.settings import Settings
 log = logging.getLogger(__name__)
 
 LAG_REFRESH_S = 5.0
-PRODUCER_LINGER_S = 0.005
-PRODUCER_BATCH_BYTES = 256 * 1024
 
 
 class FaustPublisher:
@@ -95,9 +93,6 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         broker_commit_interval=settings.commit_interval_s,
         producer_acks=-1,
-        # a micro-batch's results are sent together: let them share produce requests
-        producer_linger=PRODUCER_LINGER_S,
-        producer_max_batch_size=PRODUCER_BATCH_BYTES,
         broker_client_id=settings.client_id,
         broker_credentials=broker_credentials(settings),
     )
