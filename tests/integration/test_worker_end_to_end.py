@@ -162,6 +162,17 @@ def test_reviews_in_results_out_bad_input_dead_lettered(
     assert "sentiment_in_flight_batches 0.0" in text
     batches = float(re.search(r"^sentiment_model_batch_seconds_count (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
     assert f"sentiment_queue_wait_seconds_count {batches}" in text and batches >= N_VALID / 32
+    closed = re.findall(r'^sentiment_batches_total\{closed_by="(\w+)"\} (\S+)$', text, re.M)
+    assert {c for c, _ in closed} == {"count", "tokens", "wait"} and sum(
+        float(v) for _, v in closed
+    ) >= batches
+    assert f"sentiment_batch_padding_fraction_count {batches}" in text
+    assert re.search(r"^sentiment_tokenise_seconds_count [1-9]", text, re.M)
+    n_truncated = sum(orjson.loads(value)["truncated"] for _, value, _ in results)
+    assert (
+        "sentiment_pending_reviews 0.0" in text and f"sentiment_truncated_total {float(n_truncated)}" in text
+    )
+    assert re.search(r'^sentiment_model_info\{.*name="tiny-qwen3"', text, re.M), "model info"
     lags = re.findall(r'^sentiment_consumer_lag\{partition="(\d)",topic="([^"]+)"\} (\S+)$', text, re.M)
     assert {int(p) for p, _, _ in lags} == set(range(PARTITIONS)), lags
     assert all(t == topics["input"] and float(v) == 0.0 for _, t, v in lags), "everything consumed: no lag"
