@@ -17,4 +17,14 @@ echo "• installing torch==2.13.0" >&2
 .venv/bin/python -m pip install -q torch==2.13.0
 echo "• installing the project${extras}" >&2
 .venv/bin/python -m pip install -q -e ".${extras}"
+if [[ -n "$extras" ]] && ! command -v promtool >/dev/null; then
+  # The ops tests run a real Prometheus server and promtool against ops/prometheus.
+  echo "• installing Debian's prometheus (for the ops tests)" >&2
+  sudo_=""; [[ $(id -u) -ne 0 ]] && sudo_="sudo"
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -q --no-install-recommends prometheus >/dev/null \
+    || { $sudo_ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
+         $sudo_ apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
+  # the package starts a system service; the tests start their own servers
+  $sudo_ service prometheus stop >/dev/null 2>&1 || true
+fi
 echo "• ready: .venv/bin/sentiment --help" >&2

@@ -17,6 +17,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, cast
 
 import faust
@@ -159,18 +160,25 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
     async def healthz(self: View, request: Request) -> Response:
         return self.json({"status": "ok"})
 
-    @app.page("/readyz")
-    async def readyz(self: View, request: Request) -> Response:
-        assigned = sorted(
-            f"{tp.topic}[{tp.partition}]"
-            for tp in app.consumer.assignment()
-            if tp.topic == settings.input_topic
-        )
+    def readiness() -> dict[str, Any]:
+        try:
+            tps = app.consumer.assignment()
+        except Exception:  # consumer not started yet
+            tps = set()
+        assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in tps if tp.topic == settings.input_topic)
         oldest = scheduler.in_flight.oldest_age()
         stuck = oldest > settings.stuck_batch_s
         ready = bool(assigned) and classifier.health() and not stuck
-        body = {"ready": ready, "assigned": assigned, "oldest_batch_s": round(oldest, 3), "stuck": stuck}
-        return self.json(body, status=200 if ready else 503)
+        return {"ready": ready, "assigned": assigned, "oldest_batch_s": round(oldest, 3), "stuck": stuck}
+
+    metrics.ready.set_function(lambda: float(readiness()["ready"]))
+    for kind in ("allocated", "reserved"):
+        metrics.device_memory.labels(kind=kind).set_function(partial(device_memory, info.device, kind))
+
+    @app.page("/readyz")
+    async def readyz(self: View, request: Request) -> Response:
+        body = readiness()
+        return self.json(body, status=200 if body["ready"] else 503)
 
     return app
 
@@ -246,6 +254,16 @@ class LagTracker:
         """The group's committed offset as faust last saw it (None before the first commit)."""
         committed: Mapping[TP, int | None] = getattr(self.app.consumer, "_committed_offset", {})
         return committed.get(TP(self.topic, partition))
+
+
+def device_memory(device: str, kind: str) -> float:
+    """Bytes of accelerator memory ``kind`` (allocated or reserved) on ``device``; 0 on the CPU."""
+    if not device.startswith("cuda"):
+        return 0.0
+    import torch
+
+    stat = torch.cuda.memory_allocated if kind == "allocated" else torch.cuda.memory_reserved
+    return float(stat(torch.device(device)))
 
 
 def require_reachable(brokers: list[str], timeout_s: float = 5.0) -> None:

@@ -41,6 +41,8 @@ class Metrics:
     pending_reviews: Gauge
     truncated: Counter
     tokenise_seconds: Histogram
+    ready: Gauge
+    device_memory: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry, prefix: str = "sentiment") -> Metrics:
@@ -135,6 +137,18 @@ class Metrics:
                 name("tokenise_seconds"),
                 "Time tokenising one batch taken from Kafka (on the tokeniser thread).",
                 buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            ready=Gauge(
+                name("ready"),
+                "1 while /readyz would answer 200 (model loaded, partitions assigned, no batch stuck).",
+                registry=registry,
+            ),
+            device_memory=Gauge(
+                name("device_memory_bytes"),
+                "Accelerator memory held by the model process (allocated by tensors, reserved by the "
+                "allocator); 0 on the CPU.",
+                ["kind"],
                 registry=registry,
             ),
         )
