@@ -19,7 +19,10 @@ ENV_PREFIX = "SENTIMENT_"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+    # an empty variable counts as unset (compose passes `${CHECKPOINT:-}` through as "")
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", env_ignore_empty=True
+    )
 
     # --- Kafka ---------------------------------------------------------------------------------
     brokers: str = Field(default="127.0.0.1:9092", description="Bootstrap servers, host:port[,host:port].")

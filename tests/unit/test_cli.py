@@ -52,6 +52,15 @@ def test_invalid_setting_from_the_environment_is_reported() -> None:
     assert "batch_size" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_an_empty_environment_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.settings import load_settings
+
+    monkeypatch.setenv("SENTIMENT_CHECKPOINT", "")  # what compose passes for an unset ${CHECKPOINT:-}
+    monkeypatch.setenv("SENTIMENT_BATCH_SIZE", "")
+    settings = load_settings()
+    assert settings.checkpoint is None and settings.batch_size == 256
+
+
 def test_unreachable_broker_is_a_clear_error() -> None:
     from worker.broker import free_port
 

@@ -81,3 +81,64 @@ def test_promtool_accepts_the_prometheus_files(check: tuple[str, Path]) -> None:
     assert promtool, "promtool not found: ./setup.sh --dev installs Debian's prometheus package"
     proc = subprocess.run([promtool, "check", check[0], str(check[1])], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+DOCKER = OPS.parent / "docker"
+
+
+def host_path(volume: str) -> Path | None:
+    """The host side of a compose bind mount, resolved against docker/ (None for named volumes)."""
+    source = volume.split(":")[0] if not volume.startswith("${") else volume.split("}")[0]
+    source = re.sub(r"^\$\{\w+:-(.*)$", r"\1", source)  # ${VAR:-default} -> default
+    return (DOCKER / source).resolve() if source.startswith(".") else None
+
+
+def test_compose_brings_up_kraft_kafka_topics_worker_prometheus_and_grafana() -> None:
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"kafka", "topics", "worker", "prometheus", "grafana"}
+    kafka = services["kafka"]
+    assert (
+        kafka["image"].startswith("apache/kafka:")
+        and "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]
+    )
+    assert "healthcheck" in kafka
+    worker = services["worker"]
+    env = worker["environment"]
+    for topic in (env["SENTIMENT_INPUT_TOPIC"], env["SENTIMENT_OUTPUT_TOPIC"], env["SENTIMENT_DLQ_TOPIC"]):
+        assert topic in services["topics"]["command"][0], f"{topic} is not created"
+    assert worker["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    assert env["SENTIMENT_BROKERS"] == "kafka:9092"
+    assert any(v.endswith(":/models:ro") for v in worker["volumes"]), "the model directory is a volume"
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            path = host_path(volume)
+            assert path is None or path.exists(), f"{volume}: {path} does not exist"
+    scrape = yaml.safe_load((OPS / "prometheus" / "prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == ["worker:6066"]
+    assert "6066:6066" in worker["ports"]
+    datasource = yaml.safe_load(
+        (OPS / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    assert datasource["datasources"][0]["uid"] == "prometheus"  # the uid every panel names
+
+
+@pytest.mark.parametrize(("override", "dockerfile", "base"), [
+    (None, "Dockerfile.cpu", "python:"), ("compose.gpu.yaml", "Dockerfile", "nvidia/cuda:"),
+])  # fmt: skip
+def test_worker_images_run_as_a_user_with_a_model_volume_and_a_healthcheck(
+    override: str | None, dockerfile: str, base: str
+) -> None:
+    compose = yaml.safe_load((DOCKER / (override or "compose.yaml")).read_text())
+    worker = compose["services"]["worker"]
+    assert worker["build"]["dockerfile"] == f"docker/{dockerfile}"
+    if override:
+        [device] = worker["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    text = (DOCKER / dockerfile).read_text()
+    assert re.search(rf"^FROM {re.escape(base)}", text, re.M)
+    assert "torch==2.13.0" in text
+    assert re.search(r"^USER sentiment$", text, re.M) and "useradd --uid 10001" in text
+    assert re.search(r'^VOLUME \[.*"/models"', text, re.M)
+    assert re.search(r"^HEALTHCHECK .*\n.*/healthz", text, re.M)
