@@ -249,6 +249,28 @@ def demo(count: int | None, show: int, **options: Any) -> None:
     run_demo(settings, count=count, show=show)
 
 
+@cli.command()
+@click.option("--prometheus", default="http://127.0.0.1:9090", show_default=True, help="Prometheus base URL.")
+@click.option("--minutes", type=float, default=15.0, show_default=True, help="How far back to draw.")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("sentiment-report.png"), show_default=True
+)
+@click.option(
+    "--dashboard", type=click.Path(path_type=Path), default=None,
+    help="Grafana dashboard JSON to draw.  [default: ops/grafana/dashboards/sentiment-worker.json]",
+)  # fmt: skip
+def report(prometheus: str, minutes: float, out: Path, dashboard: Path | None) -> None:
+    """Draw the Grafana dashboard's panels from Prometheus into one PNG (no Grafana needed).
+
+    Every panel's queries run as range queries over the last --minutes, with the dashboard's
+    variables on "All"; each series is a line. Prometheus must be scraping the workers.
+    """
+    from worker.report import DEFAULT_DASHBOARD, render_report
+
+    panels, series = render_report(prometheus, out, dashboard=dashboard or DEFAULT_DASHBOARD, minutes=minutes)
+    click.echo(f"wrote {out}: {panels} panels, {series} series")
+
+
 def data_options(fun: F) -> F:
     """--train/--dev/--test/--labels/--label-map/--out/--seed/--name, shared by train head and lora."""
     options = [

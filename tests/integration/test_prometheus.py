@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -116,6 +118,18 @@ def test_dashboard_and_alert_queries_return_data_from_a_real_prometheus(
         evaluated = {r["name"]: r for g in groups for r in g["rules"]}
         assert set(evaluated) == {r["alert"] for r in rule_exprs()}
         assert all(r["health"] == "ok" for r in evaluated.values()), evaluated
+
+        # the same panels drawn from range queries into a PNG, for a person to look at
+        png = tmp_path / "report.png"
+        proc = subprocess.run(
+            [sys.executable, "-m", "worker", "report", "--prometheus", f"http://127.0.0.1:{port}",
+             "--minutes", "1", "--out", str(png)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        panels, series = map(int, re.findall(r"(\d+) panels, (\d+) series", proc.stdout)[0])
+        assert panels == len({title for title, _ in dashboard_exprs()}) and series >= panels
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000
     finally:
         stop.set()
         producer.join(timeout=10)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -59,6 +60,14 @@ def test_an_empty_environment_variable_counts_as_unset(monkeypatch: pytest.Monke
     monkeypatch.setenv("SENTIMENT_BATCH_SIZE", "")
     settings = load_settings()
     assert settings.checkpoint is None and settings.batch_size == 256
+
+
+def test_report_without_prometheus_is_a_clear_error(tmp_path: Path) -> None:
+    from worker.broker import free_port
+
+    proc = run("report", "--prometheus", f"http://127.0.0.1:{free_port()}", "--out", str(tmp_path / "r.png"))
+    assert proc.returncode == 2
+    assert "error: cannot reach Prometheus" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_unreachable_broker_is_a_clear_error() -> None:

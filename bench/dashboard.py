@@ -1,0 +1,105 @@
+"""A real run drawn as the Grafana dashboard: dev broker, worker, Prometheus, then ``sentiment report``.
+
+Streams the shipped test reviews (and one malformed message in fifty) at ``--rate`` reviews/s for
+``--seconds`` through a worker serving the demo model (trained on first use under ``--home``),
+while Debian's Prometheus scrapes it every 2 s with the alert rules loaded, then renders the
+dashboard's panels over the run into ``bench/results/dashboard-cpu.png``.
+
+    python bench/dashboard.py --seconds 120 --rate 150
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from models.demo_reviews import demo_splits
+from worker.broker import DevBroker, create_topics, free_port
+from worker.clients import produce_values
+from worker.demo import wait_ready
+from worker.report import render_report
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def steady(brokers: str, topic: str, texts: list[str], rate: float, seconds: float) -> None:
+    start, sent, n = time.monotonic(), 0, int(rate * seconds)
+    while sent < n:
+        await asyncio.sleep(max(0.0, start + sent / rate - time.monotonic()))
+        chunk = []
+        for i in range(sent, min(sent + max(1, int(rate / 10)), n)):
+            value = (
+                b"{broken" if i % 50 == 49 else orjson.dumps({"id": f"r{i}", "text": texts[i % len(texts)]})
+            )
+            chunk.append((f"k{i}".encode(), value))
+        await produce_values(brokers, topic, chunk)
+        sent += len(chunk)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=120)
+    parser.add_argument("--rate", type=float, default=150, help="reviews/s")
+    parser.add_argument("--home", type=Path, default=Path.home() / ".cache" / "qwen3-sentiment")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dashboard-cpu.png")
+    args = parser.parse_args()
+    prometheus = shutil.which("prometheus")
+    if not prometheus:
+        sys.exit("prometheus not found: ./setup.sh --dev installs Debian's prometheus package")
+    texts = [ex.text for ex in demo_splits().test]
+    work = Path(tempfile.mkdtemp(prefix="dashboard-"))
+    with DevBroker(free_port()) as broker:
+        asyncio.run(
+            create_topics(broker.bootstrap, ["reviews", "reviews.sentiment", "reviews.dlq"], partitions=4)
+        )
+        web = free_port()
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "worker", "worker", "--brokers", broker.bootstrap,
+             "--home", str(args.home), "--web-port", str(web), "--web-host", "127.0.0.1",
+             "--log-level", "warning"],
+        )  # fmt: skip
+        config = {
+            "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
+            "rule_files": [str(ROOT / "ops" / "prometheus" / "rules.yml")],
+            "scrape_configs": [{"job_name": "sentiment-worker",
+                                "static_configs": [{"targets": [f"127.0.0.1:{web}"]}]}],
+        }  # fmt: skip
+        (work / "prometheus.yml").write_text(yaml.safe_dump(config))
+        port = free_port()
+        server = subprocess.Popen(
+            [prometheus, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_ready(web, worker, timeout_s=600)
+            print(f"streaming {args.rate:g} reviews/s for {args.seconds:g} s", flush=True)
+            asyncio.run(steady(broker.bootstrap, "reviews", texts, args.rate, args.seconds))
+            time.sleep(10)
+            panels, series = render_report(
+                f"http://127.0.0.1:{port}", args.out, minutes=(args.seconds + 20) / 60, step=2
+            )
+            print(f"wrote {args.out}: {panels} panels, {series} series")
+        finally:
+            server.terminate()
+            worker.terminate()
+            server.wait(timeout=30)
+            worker.wait(timeout=60)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
