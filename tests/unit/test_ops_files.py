@@ -142,3 +142,25 @@ def test_worker_images_run_as_a_user_with_a_model_volume_and_a_healthcheck(
     assert re.search(r"^USER sentiment$", text, re.M) and "useradd --uid 10001" in text
     assert re.search(r'^VOLUME \[.*"/models"', text, re.M)
     assert re.search(r"^HEALTHCHECK .*\n.*/healthz", text, re.M)
+
+
+def test_kubernetes_manifests_agree_with_the_worker() -> None:
+    docs = {p.stem: yaml.safe_load(p.read_text()) for p in (OPS / "k8s").glob("*.yaml")}
+    assert set(docs) == {"deployment", "service", "servicemonitor", "keda-scaledobject"}
+    pod = docs["deployment"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert pod["securityContext"]["runAsUser"] == 10001 and pod["securityContext"]["runAsNonRoot"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    trigger = docs["keda-scaledobject"]["spec"]["triggers"][0]["metadata"]
+    assert (
+        trigger["consumerGroup"] == env["SENTIMENT_GROUP_ID"]
+        and trigger["topic"] == env["SENTIMENT_INPUT_TOPIC"]
+    )
+    assert (
+        docs["keda-scaledobject"]["spec"]["scaleTargetRef"]["name"] == docs["deployment"]["metadata"]["name"]
+    )
+    assert docs["servicemonitor"]["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert docs["service"]["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"]
