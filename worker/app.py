@@ -1,38 +1,37 @@
-"""The Faust app: consume raw bytes, take batches with ``take_events``, hand them to the scheduler.
+"""The Faust app: the process around the worker (lifecycle, signals, web views, timers).
 
-Traps handled here (DESIGN.md "Delivery semantics"):
-- values are consumed as raw bytes and decoded in the pipeline, so bad input reaches the DLQ
-  instead of being skipped by faust's deserializer;
-- ``take_events`` acks its buffer as soon as its body returns, but a batch is published later
-  (several run at once, ``worker/scheduler.py``). So each event's message gets one more
-  reference before the body returns, and the scheduler drops it once the result is
-  acknowledged by the broker: only then can faust commit the offset. faust commits up to the
-  first offset not yet acknowledged, and on shutdown or revocation it waits for all of them
-  (``stream_wait_empty``), so in-flight batches are finished, published and committed first.
+Kafka itself is read and written with aiokafka directly, in whole batches (``worker/consumer.py``
+says why): faust's own consumer, producer and agents are switched off (:class:`NoKafka`), and a
+:class:`KafkaService` started with the app owns the consumer and the producer. On SIGTERM faust
+stops the app's services, which stops taking, finishes and publishes what is in flight,
+commits, and leaves the group before the process exits.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Awaitable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 import faust
-from faust.types import TP, EventT
+from faust.app.base import BootStrategy
 from faust.web import Request, Response, View
+from mode import Service
 from prometheus_client import CollectorRegistry, generate_latest
 
 from models.engine import Classifier
 from schemas.errors import ConfigError
-from schemas.messages import Headers
+from worker.broker import create_topics
+from worker.consumer import KafkaSource
+from worker.lag import LagTracker
 from worker.logs import logging_config
 from worker.metrics import METRICS_CONTENT_TYPE, Metrics
-from worker.pipeline import BatchProcessor, MicroBatch, Record, Topics
+from worker.pipeline import BatchProcessor, Topics
+from worker.publisher import KafkaPublisher
 from worker.scheduler import BatchScheduler
-from worker.security import broker_credentials
+from worker.security import aiokafka_security
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,62 +39,50 @@ log = logging.getLogger(__name__)
 LAG_REFRESH_S = 5.0
 
 
-class FaustPublisher:
-    """Sends through faust's own producer; ``send`` returns aiokafka's delivery future.
+class NoKafka(BootStrategy):
+    """faust's services without its Kafka consumer and producer: :class:`KafkaService` does Kafka."""
 
-    The output and dead-letter topics are declared (created if missing, with the configured
-    partitions) before the first send, so a first batch never races their creation.
-    """
-
-    def __init__(self, app: faust.App, sinks: list[faust.TopicT]) -> None:
-        self.app = app
-        self.sinks = sinks
-        self.declared = False
-
-    async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> Awaitable[Any]:
-        if not self.declared:
-            for sink in self.sinks:
-                await sink.maybe_declare()
-            self.declared = True
-        return await self.app.producer.send(topic, key, value, None, None, headers)
+    enable_kafka = False
 
 
-def to_record(event: EventT) -> Record:
-    msg = event.message
-    headers = msg.headers
-    return Record(
-        topic=msg.topic,
-        partition=msg.partition,
-        offset=msg.offset,
-        key=msg.key,
-        value=msg.value,
-        headers=list(headers.items()) if isinstance(headers, Mapping) else list(headers or []),
-        timestamp_ms=int(msg.timestamp * 1000),
-    )
+class WorkerApp(faust.App):
+    BootStrategy = NoKafka
+
+
+class KafkaService(Service):
+    """Starts with the app, stops before it: topics declared, producer, then the consumer."""
+
+    def __init__(
+        self, settings: Settings, publisher: KafkaPublisher, source: KafkaSource, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.publisher = publisher
+        self.source = source
+
+    async def on_start(self) -> None:
+        s = self.settings
+        await create_topics(
+            ",".join(s.broker_list), [s.input_topic, s.output_topic, s.dlq_topic],
+            partitions=s.partitions, replication=s.replication, security=aiokafka_security(s),
+        )  # fmt: skip
+        await self.publisher.start()
+        await self.source.start()
+
+    async def on_stop(self) -> None:
+        await self.source.stop()  # finishes and publishes in-flight batches, commits
+        await self.publisher.stop()
 
 
 def create_app(settings: Settings, classifier: Classifier, registry: CollectorRegistry) -> faust.App:
-    app = faust.App(
+    app = WorkerApp(
         settings.group_id,
-        broker=[f"kafka://{b}" for b in settings.broker_list],
-        key_serializer="raw",
-        value_serializer="raw",
         store="memory://",
         datadir=str(settings.home / "faust"),
         autodiscover=False,
         web_enabled=True,
         web_port=settings.web_port,
         web_bind=settings.web_host,
-        topic_partitions=settings.partitions,
-        topic_replication_factor=settings.replication,
-        consumer_auto_offset_reset=settings.offset_reset,
-        broker_rebalance_timeout=settings.rebalance_timeout_s,
-        broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
-        broker_commit_interval=settings.commit_interval_s,
-        producer_acks=-1,
-        broker_client_id=settings.client_id,
-        broker_credentials=broker_credentials(settings),
     )
     metrics = Metrics.create(registry)
     info = classifier.info
@@ -110,21 +97,18 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
     )
     for label in info.labels:  # every label visible at 0 from the start
         metrics.results_by_label.labels(label=label)
-    source = app.topic(settings.input_topic, key_type=bytes, value_type=bytes)
-    sinks = [
-        app.topic(t, key_type=bytes, value_type=bytes) for t in (settings.output_topic, settings.dlq_topic)
-    ]
+    security = aiokafka_security(settings)
+    publisher = KafkaPublisher(settings, security=security)
     # One model thread: the GPU runs one batch at a time anyway, and the event loop stays free.
     # Tokenising has its own thread, so the next batch is tokenised while the model runs.
     processor = BatchProcessor(
         classifier,
-        FaustPublisher(app, sinks),
+        publisher,
         Topics(output=settings.output_topic, dlq=settings.dlq_topic),
         metrics,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="model"),
         max_message_bytes=settings.max_message_bytes,
     )
-    lag = LagTracker(app, metrics, settings.input_topic)
     scheduler = BatchScheduler(
         processor,
         classifier,
@@ -132,25 +116,19 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenise"),
         max_in_flight=settings.max_in_flight,
         max_batch_tokens=settings.max_batch_tokens,
-        on_finished=lag.on_finished,
     )
 
-    @app.agent(source)
-    async def classify(stream: faust.StreamT) -> None:
-        # take_events is on faust.Stream, the runtime type, but not on the StreamT protocol
-        async for events in cast(faust.Stream, stream).take_events(
-            settings.batch_size, within=settings.batch_wait_s
-        ):
-            for event in events:  # held until published; see the module docstring
-                event.message.incref()
-            closed_by = "count" if len(events) >= settings.batch_size else "wait"
-            await scheduler.submit([to_record(e) for e in events], [e.ack for e in events], closed_by)
+    async def crash(exc: BaseException) -> None:
+        await app.crash(exc)
 
-    finish_before_revoke(app)
+    source = KafkaSource(settings, scheduler, security=security, on_crash=crash)
+    lag = LagTracker(source, metrics, settings.input_topic)
+    scheduler.on_finished = lag.on_finished
+    app.add_dependency(KafkaService(settings, publisher, source, loop=app.loop, beacon=app.beacon))
 
     @app.timer(LAG_REFRESH_S)
     async def refresh_lag() -> None:
-        lag.refresh()
+        await lag.refresh()
 
     @app.page("/metrics")
     async def metrics_view(self: View, request: Request) -> Response:
@@ -161,10 +139,7 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
         return self.json({"status": "ok"})
 
     def readiness() -> dict[str, Any]:
-        try:
-            tps = app.consumer.assignment()
-        except Exception:  # consumer not started yet
-            tps = set()
+        tps = source.assignment()
         assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in tps if tp.topic == settings.input_topic)
         oldest = scheduler.in_flight.oldest_age()
         stuck = oldest > settings.stuck_batch_s
@@ -181,79 +156,6 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
         return self.json(body, status=200 if body["ready"] else 503)
 
     return app
-
-
-def finish_before_revoke(app: faust.App) -> None:
-    """On revocation, finish and commit what was taken before faust forgets what was acknowledged.
-
-    faust's ``Consumer.on_partitions_revoked`` drops the acknowledged-but-uncommitted offsets of
-    revoked partitions first, and only then waits for the streams and commits (faust-streaming
-    0.15.3, ``transport/consumer.py``). Work finished since the last interval commit would be
-    done again by the partition's next owner. Here the same steps faust takes (stop the flow,
-    wait until every delivered message is acknowledged, committing as acks arrive) run before
-    that, so a rebalance repeats at most what was taken after this point.
-    """
-    consumer = app.consumer
-    # the ConsumerT protocol lacks this method; faust's Consumer, the runtime type, has it
-    forget_and_revoke = cast(Any, consumer).on_partitions_revoked
-
-    async def on_partitions_revoked(revoked: set[TP]) -> None:
-        assignment = consumer.assignment()
-        if assignment:
-            consumer.stop_flow()
-            app.flow_control.suspend()
-            consumer.pause_partitions(assignment)
-            app.flow_control.clear()
-            await consumer.wait_empty()
-        await forget_and_revoke(revoked)
-
-    cast(Any, consumer).on_partitions_revoked = on_partitions_revoked
-
-
-class LagTracker:
-    """``sentiment_consumer_lag`` per input partition: the high watermark minus what is done.
-
-    Updated when a batch finishes and every ``LAG_REFRESH_S``, so lag still shows while the
-    model is stalled and nothing finishes.
-    """
-
-    def __init__(self, app: faust.App, metrics: Metrics, topic: str) -> None:
-        self.app = app
-        self.gauge = metrics.consumer_lag
-        self.topic = topic
-        self.done: dict[int, int] = {}  # partition -> next offset after the last finished record
-        self.shown: set[int] = set()
-
-    def on_finished(self, batch: MicroBatch) -> None:
-        for rec in batch.records:
-            self.done[rec.partition] = max(self.done.get(rec.partition, 0), rec.offset + 1)
-        self.refresh({rec.partition for rec in batch.records})
-
-    def refresh(self, partitions: set[int] | None = None) -> None:
-        """Update ``partitions`` (default: all assigned; partitions no longer assigned are removed)."""
-        try:
-            assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.topic}
-        except Exception:  # consumer not started yet
-            return
-        if partitions is None:
-            for partition in set(self.shown) - assigned:
-                self.gauge.remove(self.topic, str(partition))
-                self.shown.discard(partition)
-                self.done.pop(partition, None)
-        for partition in assigned if partitions is None else partitions & assigned:
-            done = self.done.get(partition, self._committed(partition))
-            try:
-                highwater = self.app.consumer.highwater(TP(self.topic, partition))
-            except Exception:  # not known yet (just assigned): the next refresh tries again
-                continue
-            if highwater is not None and done is not None:
-                self.gauge.labels(topic=self.topic, partition=str(partition)).set(max(0, highwater - done))
-                self.shown.add(partition)
-
-    def _committed(self, partition: int) -> int | None:
-        """The group's committed offset as faust last saw it (None before the first commit)."""
-        committed: Mapping[TP, int | None] = getattr(self.app.consumer, "_committed_offset", {})
-        return committed.get(TP(self.topic, partition))
 
 
 def device_memory(device: str, kind: str) -> float:

@@ -11,9 +11,10 @@ import logging
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -103,14 +104,23 @@ class DevBroker:
 
 
 async def create_topics(
-    brokers: str, names: Iterable[str], *, partitions: int, replication: int = 1, timeout_s: float = 30.0
+    brokers: str,
+    names: Iterable[str],
+    *,
+    partitions: int,
+    replication: int = 1,
+    timeout_s: float = 30.0,
+    security: Mapping[str, Any] | None = None,
 ) -> None:
-    """Create topics, leaving existing ones alone. Retries while the broker is still starting."""
+    """Create topics, leaving existing ones alone. Retries while the broker is still starting.
+
+    ``security``: TLS/SASL keyword arguments (``worker.security.aiokafka_security``).
+    """
     if partitions < 1:
         raise ConfigError("partitions must be at least 1")
     deadline = time.monotonic() + timeout_s
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=brokers, request_timeout_ms=10_000)
+        admin = AIOKafkaAdminClient(bootstrap_servers=brokers, request_timeout_ms=10_000, **(security or {}))
         try:
             await admin.start()
             existing = set(await admin.list_topics())

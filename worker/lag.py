@@ -1,0 +1,58 @@
+"""``sentiment_consumer_lag`` per input partition: the high watermark minus what is finished.
+
+Updated when a batch finishes and on a timer (``refresh``), so lag still shows while the model
+is stalled and nothing finishes. Before anything finished on a partition, the group's committed
+offset stands in for "finished".
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from aiokafka import TopicPartition
+
+from worker.metrics import Metrics
+from worker.pipeline import MicroBatch
+
+
+class Source(Protocol):
+    """What the lag is read from (``worker.consumer.KafkaSource``)."""
+
+    def assignment(self) -> set[TopicPartition]: ...
+    def highwater(self, tp: TopicPartition) -> int | None: ...
+    def done_up_to(self, tp: TopicPartition) -> int | None: ...
+    async def committed(self, tp: TopicPartition) -> int | None: ...
+
+
+class LagTracker:
+    def __init__(self, source: Source, metrics: Metrics, topic: str) -> None:
+        self.source = source
+        self.gauge = metrics.consumer_lag
+        self.topic = topic
+        self.shown: set[int] = set()
+
+    def on_finished(self, batch: MicroBatch) -> None:
+        partitions = {rec.partition for rec in batch.records}
+        for tp in self._assigned():
+            if tp.partition in partitions:
+                self._show(tp, self.source.done_up_to(tp))
+
+    async def refresh(self) -> None:
+        """Every assigned partition; partitions no longer assigned are removed from the gauge."""
+        assigned = self._assigned()
+        for partition in self.shown - {tp.partition for tp in assigned}:
+            self.gauge.remove(self.topic, str(partition))
+            self.shown.discard(partition)
+        for tp in assigned:
+            done = self.source.done_up_to(tp)
+            self._show(tp, done if done is not None else await self.source.committed(tp))
+
+    def _assigned(self) -> set[TopicPartition]:
+        return {tp for tp in self.source.assignment() if tp.topic == self.topic}
+
+    def _show(self, tp: TopicPartition, done: int | None) -> None:
+        highwater = self.source.highwater(tp)
+        if highwater is None or done is None:  # not known yet: the next refresh tries again
+            return
+        self.gauge.labels(topic=self.topic, partition=str(tp.partition)).set(max(0, highwater - done))
+        self.shown.add(tp.partition)
