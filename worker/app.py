@@ -36,7 +36,7 @@ from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LAG_REFRESH_S = 5.0
+LAG_REFRESH_S = 1.0  # one ListOffsets request per refresh
 
 
 class NoKafka(BootStrategy):
@@ -46,7 +46,16 @@ class NoKafka(BootStrategy):
 
 
 class WorkerApp(faust.App):
+    """The app, with :class:`KafkaService` started once the web server is up (so /readyz can
+    answer "not ready" while partitions are being assigned) and stopped first."""
+
     BootStrategy = NoKafka
+    kafka: Service | None = None
+
+    async def on_started_init_extra_services(self) -> None:
+        await super().on_started_init_extra_services()
+        if self.kafka is not None:
+            await self.add_runtime_dependency(self.kafka)
 
 
 class KafkaService(Service):
@@ -124,7 +133,7 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
     source = KafkaSource(settings, scheduler, security=security, on_crash=crash)
     lag = LagTracker(source, metrics, settings.input_topic)
     scheduler.on_finished = lag.on_finished
-    app.add_dependency(KafkaService(settings, publisher, source, loop=app.loop, beacon=app.beacon))
+    app.kafka = KafkaService(settings, publisher, source, loop=app.loop, beacon=app.beacon)
 
     @app.timer(LAG_REFRESH_S)
     async def refresh_lag() -> None:

@@ -138,12 +138,24 @@ class KafkaSource(ConsumerRebalanceListener):
     def done_up_to(self, tp: TopicPartition) -> int | None:
         return self.book.done_up_to(tp)
 
-    async def committed(self, tp: TopicPartition) -> int | None:
+    async def end_offsets(self, tps: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """The partitions' end offsets, asked of the broker ({} when it cannot say now)."""
+        if self.consumer is None or not self.started or not tps:
+            return {}
+        try:
+            ends: dict[TopicPartition, int] = await self.consumer.end_offsets(list(tps))
+        except KafkaError as exc:
+            log.debug("end offsets not available now: %r", exc)
+            return {}
+        return ends
+
+    async def position(self, tp: TopicPartition) -> int | None:
+        """The next offset ``getmany`` will return for ``tp`` (None when it cannot say now)."""
         if self.consumer is None or not self.started:
             return None
         try:
-            offset: int | None = await self.consumer.committed(tp)
-        except KafkaError:
+            offset: int = await asyncio.wait_for(self.consumer.position(tp), timeout=1.0)
+        except (TimeoutError, KafkaError):
             return None
         return offset
 

@@ -64,9 +64,17 @@ class OffsetBook(Generic[P]):
                 part.committed = offset
 
     def done_up_to(self, partition: P) -> int | None:
-        """One past the last offset finished in order on ``partition`` (None if nothing yet)."""
+        """Where the unfinished work on ``partition`` starts (None if nothing was taken from it).
+
+        One past the last offset finished in order; before any finished, the first offset taken
+        (what came before it was finished by whoever committed it).
+        """
         part = self._parts.get(partition)
-        return part.next_commit if part is not None else None
+        if part is None:
+            return None
+        if part.taken:
+            return part.taken[0]
+        return part.next_commit
 
     def unfinished(self) -> int:
         return sum(len(part.taken) for part in self._parts.values())

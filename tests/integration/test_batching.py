@@ -18,6 +18,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from tests.integration.conftest import WorkerFactory, result_ids
+from worker.app import LAG_REFRESH_S
 from worker.broker import create_topics, free_port
 from worker.clients import produce_values
 from worker.demo import wait_ready
@@ -122,6 +123,7 @@ def test_a_slow_model_keeps_memory_bounded_while_lag_grows(
         wait_ready(port, proc, timeout_s=90)
         # at most 2 x 8 reviews per 0.2 s (80/s) can be classified; 3,000 arrive at once
         send(broker, topics["input"], [SHORT] * n, "b")
+        time.sleep(LAG_REFRESH_S)  # the lag gauge reads the partitions' end offsets this often
         pending, lags = [], []
         for _ in range(8):
             time.sleep(1)
