@@ -98,6 +98,8 @@ class KafkaSource(ConsumerRebalanceListener):
             heartbeat_interval_ms=int(min(3.0, s.session_timeout_s / 3) * 1000),
             rebalance_timeout_ms=int(s.rebalance_timeout_s * 1000),
             max_poll_records=s.batch_size,
+            # a fetch the broker holds longer than a batch may wait would delay light traffic
+            fetch_max_wait_ms=max(1, min(500, int(s.batch_wait_s * 1000))),
             **self.security,
         )
         self.consumer.subscribe([s.input_topic], listener=self)

@@ -1,7 +1,8 @@
 """What happens to one micro-batch: classify off the event loop, publish, account.
 
 Kept free of faust so it can be unit-tested with fakes: it sees raw records (bytes in, bytes
-out) and a :class:`Publisher` whose ``send`` returns a future of the broker's acknowledgement.
+out) and a :class:`Publisher` whose ``send_many`` returns, per message, a future of the
+broker's acknowledgement.
 The contract with the caller: when :meth:`BatchProcessor.process` returns, every record of the
 batch has an acknowledged result or dead letter, so its offsets may be committed. Errors it can
 handle (bad input, model failure) become dead letters; errors it cannot (the broker refusing
@@ -44,9 +45,9 @@ class PublishError(SentimentError):
     """The broker did not acknowledge a result or dead letter; offsets must not be committed."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: its __init__ runs per message, and frozen costs twice as much
 class Record:
-    """One consumed message, as the pipeline needs it."""
+    """One consumed message, as the pipeline needs it (treated as read-only)."""
 
     topic: str
     partition: int
@@ -57,8 +58,13 @@ class Record:
     timestamp_ms: int
 
 
+Outgoing = tuple[bytes | None, bytes, Headers]  # key, value, headers
+
+
 class Publisher(Protocol):
-    async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> Awaitable[Any]: ...
+    async def send_many(self, topic: str, messages: Sequence[Outgoing]) -> list[Awaitable[Any]]:
+        """Queue ``messages`` for ``topic``; one future per message (messages may share one)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +132,8 @@ class BatchProcessor:
             if isinstance(r, InvalidMessage)
         ]
         predictions = await self._classify(batch.tokens)
-        pending: list[tuple[Awaitable[Any], Callable[[], None]]] = []
+        results: list[Outgoing] = []
+        on_acks: list[Callable[[], None]] = []
         ts_out = self.clock_ms()
         for (rec, review), pred in zip(valid, predictions, strict=True):
             if isinstance(pred, InvalidMessage):
@@ -142,11 +149,15 @@ class BatchProcessor:
                 ts_in=ts_in,
                 ts_out=ts_out,
             )
-            fut = await self.publisher.send(self.topics.output, rec.key, value, rec.headers)
-            pending.append((fut, self._on_result(ts_in, self.labels[pred.label_id], pred.truncated)))
-        for rec, error in dead:
-            pending.append((await self._dead_letter(rec, error), self._on_dead(error)))
-        await self._await_acks(pending)
+            results.append((rec.key, value, rec.headers))
+            on_acks.append(self._on_result(ts_in, self.labels[pred.label_id], pred.truncated))
+        futures = await self.publisher.send_many(self.topics.output, results) if results else []
+        if dead:
+            futures += await self.publisher.send_many(
+                self.topics.dlq, [self._dead_letter(r, e) for r, e in dead]
+            )
+            on_acks += [self._on_dead(error) for _, error in dead]
+        await self._await_acks(list(zip(futures, on_acks, strict=True)))
 
     async def _classify(self, tok: Tokenised) -> list[Prediction | InvalidMessage]:
         """Run the model in its thread; a failing batch is retried text by text to isolate it."""
@@ -189,7 +200,7 @@ class BatchProcessor:
         except Exception as exc:
             return ModelError(f"model failed: {type(exc).__name__}: {exc}")
 
-    async def _dead_letter(self, rec: Record, exc: InvalidMessage) -> Awaitable[Any]:
+    def _dead_letter(self, rec: Record, exc: InvalidMessage) -> Outgoing:
         """The single place dead-letter decisions are made and logged."""
         log.warning(
             "dead-lettering %s[%d]@%d: %s: %s", rec.topic, rec.partition, rec.offset, exc.reason, exc,
@@ -198,7 +209,7 @@ class BatchProcessor:
         headers = dead_letter_headers(
             exc, topic=rec.topic, partition=rec.partition, offset=rec.offset, original=rec.headers
         )
-        return await self.publisher.send(self.topics.dlq, rec.key, rec.value or b"", headers)
+        return rec.key, rec.value or b"", headers
 
     def _on_result(self, ts_in: int, label: str, truncated: bool) -> Callable[[], None]:
         def done() -> None:

@@ -50,7 +50,11 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="How long a rebalance waits for members to rejoin."
     )
     commit_interval_s: float = Field(
-        default=1.0, gt=0, description="How often acknowledged offsets are committed."
+        default=0.0,
+        ge=0,
+        description="Least time between two offset commits. 0 commits as soon as results are "
+        "acknowledged (one commit in flight at a time), so a crash repeats little more than the "
+        "batches in flight; raise it to spare a busy group coordinator.",
     )
 
     client_id: str = Field(default="sentiment-worker", description="Kafka client id (broker logs, quotas).")

@@ -60,7 +60,6 @@ def start_worker(
             "--web-port", str(web_port),
             "--web-host", "127.0.0.1",
             "--session-timeout-s", "6",
-            "--commit-interval-s", "0.5",
             *extra,
         ]  # fmt: skip
         with open(log, "wb") as out:

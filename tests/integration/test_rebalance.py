@@ -1,8 +1,10 @@
 """A second worker joins the group mid-stream: partitions move, nothing is lost, repeats are bounded.
 
-Before revocation the first worker finishes and commits what it took (``finish_before_revoke``
-in ``worker/app.py``); without that, faust forgets acknowledged offsets of revoked partitions
-and about --commit-interval-s of traffic is done twice (140-160 results in runs here)."""
+When its partitions are revoked, the first worker drops what it gathered but did not admit,
+finishes and commits what it admitted, and only then lets the rebalance go on
+(``KafkaSource.on_partitions_revoked`` in ``worker/consumer.py``). With faust's own consumer,
+which forgets acknowledged offsets of revoked partitions before committing, 140-160 results were
+done twice in runs here."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from models.engine import EngineInfo, Prediction, Tokenised
 from schemas.messages import Headers
 from worker.metrics import Metrics
-from worker.pipeline import BatchProcessor, MicroBatch, Record, Topics
+from worker.pipeline import BatchProcessor, MicroBatch, Outgoing, Record, Topics
 from worker.scheduler import BatchScheduler
 
 
@@ -60,14 +60,16 @@ class FakePublisher:
         self.sent: list[tuple[str, bytes | None, bytes, Headers]] = []
         self.fail_topic = fail_topic
 
-    async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> Awaitable[Any]:
-        self.sent.append((topic, key, value, headers))
+    async def send_many(self, topic: str, messages: Sequence[Outgoing]) -> list[Awaitable[Any]]:
+        """One shared future for the call, as the real publisher has one per partition."""
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        for key, value, headers in messages:
+            self.sent.append((topic, key, value, headers))
         if topic == self.fail_topic:
             fut.set_exception(ConnectionError("broker gone"))
         else:
             fut.set_result(len(self.sent))
-        return fut
+        return [fut] * len(messages)
 
 
 def record(offset: int, value: bytes | None, key: bytes | None = b"k") -> Record:

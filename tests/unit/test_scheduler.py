@@ -82,14 +82,14 @@ def test_acks_wait_for_the_broker_and_a_cancelled_caller_does_not_drop_a_batch()
             super().__init__()
             self.release = asyncio.Event()
 
-        async def send(self, topic, key, value, headers):  # type: ignore[no-untyped-def]
-            self.sent.append((topic, key, value, headers))
+        async def send_many(self, topic, messages):  # type: ignore[no-untyped-def]
+            self.sent += [(topic, *m) for m in messages]
 
             async def ack() -> int:
                 await self.release.wait()
                 return len(self.sent)
 
-            return asyncio.ensure_future(ack())
+            return [asyncio.ensure_future(ack()) for _ in messages]
 
     async def go() -> tuple[Run, SlowAcks]:
         pub = SlowAcks()
