@@ -6,12 +6,14 @@ and committing:
 
 - ``plain-faust``: the pattern in faust's own examples: ``async for values in stream.take(256,
   within=0.05)`` and one ``await topic.send(...)`` per message. The baseline.
-- ``worker``: this project's app (``worker/app.py``): ``take_events``, tokenising on its own
-  thread, up to ``--max-in-flight`` micro-batches at once, the sends of a batch in flight together
-  with their acknowledgements awaited once, offsets committed after acknowledgement.
+- ``worker``: this project's app (``worker/app.py``) with its default settings: aiokafka's
+  ``getmany`` in batches (``worker/consumer.py``), tokenising on its own thread, up to
+  ``--max-in-flight`` micro-batches at once, each batch's results sent as one record batch per
+  partition with the acknowledgements awaited once, offsets committed as they are acknowledged.
 
-Both run without faust's terminal spinner (``worker.app.quiet_worker``), which at log level
-warning sets the root logger to DEBUG and would tax both.
+Both are faust apps run by ``faust.Worker`` without its terminal spinner
+(``worker.app.quiet_worker``), which at log level warning sets the root logger to DEBUG and
+would tax both.
 
 Two measurements per case: **throughput** draining a backlog of ``--n`` reviews (first result to
 last), and **latency** (producer ``ts`` to result ``ts_out``, p50/p95/p99) with ``--rate``

@@ -184,15 +184,16 @@ class KafkaSource(ConsumerRebalanceListener):
     # --- internals -----------------------------------------------------------------------------
 
     async def _guard(self, work: Awaitable[None]) -> None:
+        """Run ``work``; a failure is reported once, and crashes the app (which then stops us)."""
         try:
             await work
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:
-            log.critical("the Kafka consumer failed: %r", exc, exc_info=exc)
-            if self.on_crash is not None:
-                await self.on_crash(exc)
-            raise
+        except Exception as exc:
+            log.critical("the Kafka consumer failed, stopping: %r", exc)
+            if self.on_crash is None:
+                raise
+            await self.on_crash(exc)
 
     async def _take(self) -> None:
         assert self.consumer is not None
