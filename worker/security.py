@@ -1,7 +1,8 @@
 """Kafka connection security from the settings: TLS (CA, client certificate) and SASL.
 
-One place builds faust's credentials object; the plain aiokafka clients (produce, tail, demo)
-get the same settings through faust's own translation, so both always agree.
+One place builds faust's credentials object; every Kafka client here (the worker's consumer,
+producer and admin client, and produce, tail, demo) is aiokafka and gets the same settings
+through faust's own translation (``aiokafka_security``).
 """
 
 from __future__ import annotations
