@@ -45,7 +45,7 @@ from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL_MS = 1000  # how long an empty getmany waits; bounds how late a stop is noticed
+IDLE_POLL_MS = 1000  # how long getmany waits when nothing is gathered (a stop cancels it at once)
 
 
 def to_record(msg: ConsumerRecord[bytes, bytes]) -> Record:
