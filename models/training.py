@@ -3,6 +3,7 @@
 Both train a sequence classifier on padded, length-bucketed batches: AdamW, linear warm-up then
 cosine decay, gradient accumulation, gradient clipping, an evaluation on the dev split after every
 epoch, the best epoch kept by macro-F1, early stopping after ``patience`` epochs without a gain.
+Optionally the loss mixes in a teacher's probabilities (knowledge distillation).
 
 Resumable: every ``save_every`` optimizer steps and at the end of each epoch the loop writes its
 whole state (trainable weights, optimizer, step, best so far, history) to ``state_dir``. All
@@ -45,6 +46,7 @@ class LoopConfig:
     patience: int = 2  # epochs without a better dev macro-F1 before stopping
     seed: int = 0
     save_every: int = 200  # optimizer steps between resumable snapshots
+    distill: float = 0.0  # weight of the KL term towards a teacher's probabilities (0: hard labels only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,9 +218,19 @@ class Trainer:
         loss = float(nn.functional.cross_entropy(logits, truth))
         return loss, evaluate(self.labels, data.labels, logits.softmax(-1))
 
-    def fit(self, train: Encoded, dev: Encoded) -> tuple[FitResult, dict[str, torch.Tensor]]:
-        """Train; returns the history and the best epoch's trainable weights (also loaded)."""
+    def fit(
+        self, train: Encoded, dev: Encoded, teacher: torch.Tensor | None = None
+    ) -> tuple[FitResult, dict[str, torch.Tensor]]:
+        """Train; returns the history and the best epoch's trainable weights (also loaded).
+
+        With ``teacher`` (log-probabilities, one row per training example) the loss is
+        ``(1 - distill) · cross-entropy + distill · KL(teacher ‖ model)``.
+        """
         cfg = self.config
+        if (teacher is None) != (cfg.distill == 0):
+            raise ValueError("teacher log-probabilities go with distill > 0, and only with it")
+        if teacher is not None and teacher.shape[0] != len(train):
+            raise ValueError(f"{teacher.shape[0]} teacher rows for {len(train)} training examples")
         lengths = [len(s) for s in train.ids]
         per_epoch = math.ceil(math.ceil(len(train) / cfg.batch_size) / cfg.grad_accum)
         total = per_epoch * cfg.epochs
@@ -277,6 +289,12 @@ class Trainer:
                 truth = torch.as_tensor([train.labels[i] for i in batches[b]], device=self.device)
                 logits = self._logits(ids.to(self.device), mask.to(self.device)).float()
                 loss = nn.functional.cross_entropy(logits, truth)
+                if teacher is not None:
+                    target = teacher[batches[b]].to(self.device)
+                    kl = nn.functional.kl_div(
+                        logits.log_softmax(-1), target, log_target=True, reduction="batchmean"
+                    )
+                    loss = (1 - cfg.distill) * loss + cfg.distill * kl
                 (loss / cfg.grad_accum).backward()
                 losses.append(loss.item())
                 bar.update(1)

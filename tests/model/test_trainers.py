@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from models.checkpoint_eval import evaluate_checkpoint
 from models.data import prepare_splits
-from models.demo_model import train_demo
+from models.demo_model import DEMO_VERSION, train_demo
 from models.demo_reviews import LABELS, demo_splits, write_tsv
 from models.engine import load_classifier
 from models.head_training import train_head
@@ -104,8 +104,14 @@ def test_export_materialises_the_trained_compact_model_exactly(cache_dir: Path, 
 def test_demo_preset_quick_run_is_served_and_reproduced(cache_dir: Path, tmp_path: Path) -> None:
     out = train_demo(tmp_path / "demo", cache_dir=cache_dir, echo=lambda _: None, epochs=1, limit=300)
     manifest = load_manifest(out).model_dump()
-    assert manifest["kind"] == "sequence-classifier" and manifest["version"] == "1-quick"
+    assert manifest["kind"] == "sequence-classifier" and manifest["version"] == f"{DEMO_VERSION}-quick"
     assert manifest["training"]["seed"] == 0 and manifest["training"]["limit"] == 300
+    teacher = manifest["training"]["teacher"]  # distilled from out-of-fold n-gram probabilities
+    assert (
+        teacher["folds"] == 5
+        and teacher["distill"] == 0.7
+        and 0.5 < teacher["out_of_fold_train_accuracy"] <= 1
+    )
     assert set(manifest["evaluation"]) == {"dev", "test"}
     assert (out / "confusion-test.png").stat().st_size > 1000
     assert (out / "learning-curves.png").stat().st_size > 1000

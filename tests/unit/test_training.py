@@ -10,7 +10,15 @@ import torch
 from torch import nn
 
 from models.lora import choose_max_length
-from models.training import Encoded, LoopConfig, Trainer, length_buckets, pad_batch, warmup_cosine
+from models.training import (
+    Encoded,
+    LoopConfig,
+    Trainer,
+    length_buckets,
+    pad_batch,
+    predict_logits,
+    warmup_cosine,
+)
 
 
 def test_warmup_then_cosine_to_zero() -> None:
@@ -105,6 +113,34 @@ def test_early_stopping_after_patience_epochs_without_gain(tmp_path: Path) -> No
     assert result.stopped_early
     assert [h.epoch for h in result.history] == [1, 2, 3]
     assert result.best_epoch == 1
+
+
+def test_distillation_learns_what_the_teacher_says(tmp_path: Path) -> None:
+    train, dev = toy_data(400, 0), toy_data(200, 1)
+    # the teacher follows another rule than the labels: "yes" when token 9 occurs
+    says = torch.tensor([int(9 in seq) for seq in train.ids])
+    teacher = torch.log(torch.full((len(train), 2), 0.05).scatter(1, says[:, None], 0.95))
+    config = LoopConfig(epochs=6, lr=0.05, batch_size=16, patience=6, distill=1.0)
+    trainer, model = make_trainer(tmp_path, config)
+    trainer.fit(train, dev, teacher)
+    model.eval()
+    predicted = predict_logits(model.logits, dev, pad_id=0, device=torch.device("cpu")).argmax(-1)
+    teacher_rule = torch.tensor([int(9 in seq) for seq in dev.ids])
+    differ = teacher_rule != torch.tensor(dev.labels)  # token 7 or token 9, not both
+    assert differ.sum() > 20
+    assert (predicted[differ] == teacher_rule[differ]).float().mean() > 0.75  # the labels were ignored
+
+
+def test_distillation_needs_a_teacher_row_per_example(tmp_path: Path) -> None:
+    train, dev = toy_data(40, 0), toy_data(20, 1)
+    trainer, _ = make_trainer(tmp_path, LoopConfig(epochs=1, distill=0.5))
+    with pytest.raises(ValueError, match="go with distill"):
+        trainer.fit(train, dev)
+    with pytest.raises(ValueError, match="39 teacher rows for 40"):
+        trainer.fit(train, dev, torch.zeros(39, 2))
+    plain, _ = make_trainer(tmp_path, LoopConfig(epochs=1))
+    with pytest.raises(ValueError, match="go with distill"):
+        plain.fit(train, dev, torch.zeros(40, 2))
 
 
 class Interrupt(Exception):
