@@ -4,8 +4,12 @@ Side by side, on the same shipped splits (``models/demo_reviews``):
 
 - ``demo preset, seed S``: ``sentiment train --preset demo`` with the loop seed S (seed 0 is the
   shipped preset), its wall time, and its test accuracy through the serving engine;
-- ``ensemble of the seeds``: the mean of those models' probabilities (an upper reference a single
-  model of this kind would have to beat, not something the worker serves);
+- ``hard labels only, seed S``: the same preset without the n-gram teacher (``distill`` 0), the
+  recipe of demo model v1;
+- ``ensemble of the seeds``: the mean of the preset models' probabilities (a reference, not
+  something the worker serves);
+- ``n-gram teacher``: the character 1-3 gram logistic regression the preset distils from
+  (``models/ngram_teacher.py``), fitted on all of train;
 - ``bag of n-grams``: a fastText-style classifier (mean of embeddings of Qwen tokens, characters
   and character bigrams, then linear), the best epoch by dev accuracy: the classic strong
   baseline for short Chinese review text without pre-training.
@@ -38,6 +42,7 @@ import models.demo_model as demo
 from models.checkpoint_eval import evaluate_checkpoint
 from models.demo_reviews import LABELS, demo_splits
 from models.evaluation import evaluate
+from models.ngram_teacher import NgramClassifier, TfidfFeatures
 from models.reviews import LabelledText
 from models.tokenizer import qwen_tokenizer
 
@@ -91,6 +96,20 @@ def bag_of_ngrams(cache_dir: Path, epochs: int = 8, seed: int = 0) -> tuple[floa
     return best
 
 
+def ngram_teacher() -> tuple[float, float]:
+    """(dev accuracy, test accuracy) of the demo's teacher fitted on the whole train split."""
+    splits = demo_splits()
+    texts = [x.text for x in splits.train]
+    model = NgramClassifier(TfidfFeatures.fit(texts), len(LABELS))
+    model.fit(texts, [LABELS.index(x.label) for x in splits.train])
+
+    def accuracy(part: list[LabelledText]) -> float:
+        truth = torch.tensor([LABELS.index(x.label) for x in part])
+        return float((model.log_probs([x.text for x in part]).argmax(-1) == truth).float().mean())
+
+    return accuracy(splits.dev), accuracy(splits.test)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -116,19 +135,28 @@ def main() -> None:
         )
 
     probs = []
+    preset = demo.DEMO_LOOP
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
-            demo.DEMO_LOOP = dataclasses.replace(demo.DEMO_LOOP, seed=seed)
-            start = time.perf_counter()
-            out = demo.train_demo(Path(tmp) / f"seed-{seed}", cache_dir=cache, echo=lambda _: None)
-            seconds = time.perf_counter() - start
-            report, p = evaluate_checkpoint(out, splits.test)
-            probs.append(p)
-            record(f"demo preset, seed {seed}", report.accuracy, macro_f1=round(report.macro_f1, 4),
-                   train_seconds=round(seconds, 1))  # fmt: skip
+            for case, distill in (("demo preset", preset.distill), ("hard labels only", 0.0)):
+                demo.DEMO_LOOP = dataclasses.replace(preset, seed=seed, distill=distill)
+                start = time.perf_counter()
+                out = demo.train_demo(Path(tmp) / f"{case}-{seed}", cache_dir=cache, echo=lambda _: None)
+                seconds = time.perf_counter() - start
+                report, p = evaluate_checkpoint(out, splits.test)
+                if distill:
+                    probs.append(p)
+                record(f"{case}, seed {seed}", report.accuracy, macro_f1=round(report.macro_f1, 4),
+                       ece=round(report.ece, 4), train_seconds=round(seconds, 1))  # fmt: skip
     if len(probs) > 1:
         ensemble = evaluate(LABELS, truth, torch.stack(probs).mean(0))
         record(f"ensemble of {len(probs)} seeds (reference, not served)", ensemble.accuracy)
+    dev, test = ngram_teacher()
+    record(
+        "n-gram teacher (character 1-3 gram TF-IDF logistic regression, all of train)",
+        test,
+        dev_accuracy=round(dev, 4),
+    )
     dev, test = bag_of_ngrams(cache)
     record(
         "bag of n-grams (Qwen tokens + characters + bigrams), best epoch by dev",

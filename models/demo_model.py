@@ -80,12 +80,21 @@ def train_demo(
     model = compact_model(vocab, DEMO_SHAPE, LABELS, seed=loop.seed)
     encoded = {n: Encoded(vocab.encode(ids[n]), [LABELS.index(x.label) for x in p]) for n, p in parts.items()}
 
-    teacher = _teacher(parts["train"], encoded["train"].labels, seed=loop.seed)
-    teacher_accuracy = float((teacher.argmax(-1) == torch.as_tensor(encoded["train"].labels)).float().mean())
-    echo(
-        f"n-gram teacher: character 1-3 gram logistic regression, {TEACHER_FOLDS} folds; "
-        f"out-of-fold accuracy on train {teacher_accuracy:.4f}"
-    )
+    teacher, teacher_record = None, None
+    if loop.distill:
+        teacher = _teacher(parts["train"], encoded["train"].labels, seed=loop.seed)
+        accuracy = float((teacher.argmax(-1) == torch.as_tensor(encoded["train"].labels)).float().mean())
+        echo(
+            f"n-gram teacher: character 1-3 gram logistic regression, {TEACHER_FOLDS} folds; "
+            f"out-of-fold accuracy on train {accuracy:.4f}"
+        )
+        teacher_record = {
+            "kind": "logistic regression on TF-IDF character 1-3 grams (models/ngram_teacher.py)",
+            "c": TEACHER_C,
+            "folds": TEACHER_FOLDS,
+            "out_of_fold_train_accuracy": round(accuracy, 4),
+            "distill": loop.distill,
+        }
 
     def logits(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return model(input_ids=input_ids, attention_mask=mask).logits
@@ -130,13 +139,7 @@ def train_demo(
             "loop": asdict(loop),
             "shape": DEMO_SHAPE.to_dict(),
             "limit": limit,
-            "teacher": {
-                "kind": "logistic regression on TF-IDF character 1-3 grams (models/ngram_teacher.py)",
-                "c": TEACHER_C,
-                "folds": TEACHER_FOLDS,
-                "out_of_fold_train_accuracy": round(teacher_accuracy, 4),
-                "distill": loop.distill,
-            },
+            "teacher": teacher_record,
             "fit": fit.to_dict(),
             "seconds": round(time.perf_counter() - started, 1),
             "torch": torch.__version__,
