@@ -73,7 +73,7 @@ class KafkaService(Service):
         s = self.settings
         await create_topics(
             ",".join(s.broker_list), [s.input_topic, s.output_topic, s.dlq_topic],
-            partitions=s.partitions, replication=s.replication, security=aiokafka_security(s),
+            partitions=s.partitions, replication=s.replication_factor or 1, security=aiokafka_security(s),
         )  # fmt: skip
         await self.publisher.start()
         await self.source.start()

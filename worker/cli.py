@@ -87,10 +87,12 @@ def cli() -> None:
 
 @cli.command()
 @settings_options(
-    *KAFKA, "input_topic", "output_topic", "dlq_topic", "group_id", "partitions", "replication",
+    *KAFKA, "input_topic", "output_topic", "dlq_topic", "group_id", "partitions", "replication_factor",
+    "topic_config",
     "offset_reset", "session_timeout_s", "rebalance_timeout_s", "commit_interval_s",
     *MODEL, "batch_size", "batch_wait_s", "max_message_bytes", "web_port", "web_host", "log_level",
-    "processes", "stuck_batch_s", "max_in_flight",
+    "processes", "stuck_batch_s", "max_in_flight", "max_headers", "max_header_bytes",
+    "dlq_max_value_bytes", "retry_backoff_max_s",
 )  # fmt: skip
 def worker(**options: Any) -> None:
     """Consume reviews, classify them in micro-batches, publish results and dead letters.

@@ -36,7 +36,18 @@ class Settings(BaseSettings):
     partitions: int = Field(
         default=4, ge=1, description="Partitions for topics this program creates (worker, broker)."
     )
-    replication: int = Field(default=1, ge=1, description="Replication factor for topics it creates.")
+    replication_factor: int | None = Field(
+        default=None,
+        ge=1,
+        description="Replication factor for topics this program creates. Default: the broker's own "
+        "default.replication.factor (Kafka's CreateTopics -1), so a production cluster's setting "
+        "applies; a broker too old to take -1 gets 1.",
+    )
+    topic_config: str | None = Field(
+        default=None,
+        description="Configs for topics this program creates, as key=value[,key=value], "
+        "e.g. max.message.bytes=2097152,min.insync.replicas=2. Existing topics are left alone.",
+    )
     offset_reset: Literal["earliest", "latest"] = Field(
         default="earliest", description="Where a new consumer group starts reading."
     )
@@ -116,6 +127,33 @@ class Settings(BaseSettings):
     )
     max_message_bytes: int = Field(
         default=1_000_000, ge=1, description="Larger input values are dead-lettered (too_large)."
+    )
+    max_headers: int = Field(
+        default=64,
+        ge=0,
+        description="Inputs with more headers are dead-lettered (too_large) without them: a result "
+        "carries the input's headers, so their number and size are bounded.",
+    )
+    max_header_bytes: int = Field(
+        default=16384,
+        ge=0,
+        description="Inputs whose header keys and values total more bytes are dead-lettered "
+        "(too_large) without them.",
+    )
+    dlq_max_value_bytes: int = Field(
+        default=65536,
+        ge=0,
+        description="A dead letter keeps at most this many bytes of the original value (the rest "
+        "is cut; headers original.size and original.sha256 identify the whole), so a dead letter "
+        "always fits the dead-letter topic. A dead letter the broker still refuses is sent again "
+        "without the value.",
+    )
+    retry_backoff_max_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Publishing and committing retry through broker outages with exponential "
+        "backoff up to this many seconds between tries; meanwhile /readyz says not ready and no "
+        "new batch starts. Only failures that retrying cannot cure end the process.",
     )
 
     stuck_batch_s: float = Field(
