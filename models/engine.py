@@ -103,7 +103,12 @@ class Classifier(Protocol):
 
     def warm_up(self) -> float: ...
 
-    def health(self) -> bool: ...
+    def health(self) -> bool:
+        """Whether the model still computes: a real forward pass on a probe text, not a flag.
+
+        The worker calls it when every text of a batch failed, to tell bad texts (healthy: dead
+        letters) from a broken device (unhealthy: stop without committing)."""
+        ...
 
 
 def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
@@ -276,7 +281,13 @@ class Qwen3Engine(ABC):
         return time.perf_counter() - start
 
     def health(self) -> bool:
-        return True
+        """One short text through the model (tokeniser, device, head); False when that fails."""
+        try:
+            [pred] = self.classify(["ok"])
+        except Exception as exc:
+            log.error("health probe failed: %r", exc)
+            return False
+        return all(p == p for p in pred.probabilities)  # NaN != NaN: a device returning garbage
 
 
 class SequenceClassifierEngine(Qwen3Engine):

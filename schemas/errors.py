@@ -69,6 +69,20 @@ class TooLargeError(InvalidMessage):
     reason: DeadLetterReason = "too_large"
 
 
+class HeadersTooLargeError(InvalidMessage):
+    """The input carries more headers, or more header bytes, than the worker passes on.
+
+    Its dead letter leaves the input's headers out: they are what was too large."""
+
+    reason: DeadLetterReason = "too_large"
+
+
+class ResultTooLargeError(InvalidMessage):
+    """The result (which echoes ``meta`` and the headers) is over the output topic's size limit."""
+
+    reason: DeadLetterReason = "too_large"
+
+
 class ModelError(InvalidMessage):
     """The model failed on this message even when run alone."""
 

@@ -7,6 +7,7 @@ fields are ignored so that producers can add fields without breaking the worker.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +15,14 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from schemas.errors import DecodeError, EmptyTextError, InvalidMessage, SchemaError, TooLargeError
+from schemas.errors import (
+    DecodeError,
+    EmptyTextError,
+    HeadersTooLargeError,
+    InvalidMessage,
+    SchemaError,
+    TooLargeError,
+)
 
 Headers = list[tuple[str, bytes]]
 
@@ -58,7 +66,7 @@ class SentimentResult(BaseModel):
 
 
 class DeadLetterHeaders(BaseModel):
-    """Headers on a dead letter; its value is the original bytes, unchanged."""
+    """Headers on a dead letter; its value is the original bytes, cut to the dead-letter size cap."""
 
     model_config = ConfigDict(frozen=True, populate_by_name=True, title="DeadLetterHeaders")
 
@@ -71,6 +79,28 @@ class DeadLetterHeaders(BaseModel):
     source_topic: str = Field(alias="source.topic")
     source_partition: str = Field(alias="source.partition", description="Decimal partition number.")
     source_offset: str = Field(alias="source.offset", description="Decimal offset.")
+    original_size: str = Field(
+        alias="original.size", description="Decimal byte length of the whole original value."
+    )
+    original_sha256: str = Field(
+        alias="original.sha256", description="Hex SHA-256 of the whole original value."
+    )
+    original_truncated: str = Field(
+        alias="original.truncated",
+        description="'true' when the value kept is a prefix of the original (the size cap), else 'false'.",
+    )
+
+
+def check_headers(headers: Headers, *, max_count: int, max_bytes: int) -> None:
+    """Raise :class:`HeadersTooLargeError` when ``headers`` are over either limit.
+
+    A result carries the input's headers over, so without a bound one input could make a result
+    (or a dead letter) larger than any topic takes."""
+    if len(headers) > max_count:
+        raise HeadersTooLargeError(f"{len(headers)} headers, over the limit of {max_count}")
+    size = sum(len(k.encode()) + len(v or b"") for k, v in headers)
+    if size > max_bytes:
+        raise HeadersTooLargeError(f"headers total {size} bytes, over the {max_bytes}-byte limit")
 
 
 def decode_review(value: bytes | None, *, max_bytes: int) -> Review:
@@ -130,10 +160,21 @@ def encode_result(
 
 
 def dead_letter_headers(
-    error: InvalidMessage, *, topic: str, partition: int, offset: int, original: Headers | None = None
+    error: InvalidMessage,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    original: Headers | None = None,
+    value: bytes | None = None,
+    truncated: bool = False,
 ) -> Headers:
-    """The input's own headers followed by the error headers of DESIGN.md."""
+    """The input's own headers followed by the error headers (see :class:`DeadLetterHeaders`).
+
+    ``value`` is the whole original value: its size and SHA-256 identify it even when the dead
+    letter keeps only a prefix of it (``truncated``)."""
     message = str(error)[:1000]
+    whole = value or b""
     return [
         *(original or []),
         ("error.class", type(error).__name__.encode()),
@@ -142,7 +183,34 @@ def dead_letter_headers(
         ("source.topic", topic.encode()),
         ("source.partition", str(partition).encode()),
         ("source.offset", str(offset).encode()),
+        ("original.size", str(len(whole)).encode()),
+        ("original.sha256", hashlib.sha256(whole).hexdigest().encode()),
+        ("original.truncated", b"true" if truncated else b"false"),
     ]
+
+
+def dead_letter(
+    error: InvalidMessage,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Headers,
+    max_value_bytes: int,
+) -> tuple[bytes | None, bytes, Headers]:
+    """(key, value, headers) of the dead letter for one input.
+
+    The value is the original bytes, cut to ``max_value_bytes`` so that a dead letter always
+    fits the dead-letter topic; an input refused for its headers is dead-lettered without them."""
+    whole = value or b""
+    kept = whole[:max_value_bytes]
+    original = None if isinstance(error, HeadersTooLargeError) else headers
+    return key, kept, dead_letter_headers(
+        error, topic=topic, partition=partition, offset=offset, original=original, value=whole,
+        truncated=len(kept) < len(whole),
+    )  # fmt: skip
 
 
 def now_ms() -> int:

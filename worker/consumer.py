@@ -21,7 +21,13 @@ What happens to a record:
 4. On revocation (rebalance) and on stop, taking stops, everything admitted is finished,
    published and committed, and records gathered but not yet admitted are dropped: they were
    never committed, so their next owner reads them again. Nothing is lost, and a clean
-   hand-over repeats nothing.
+   hand-over repeats nothing. A stop waits at most ``STOP_DRAIN_S`` for batches that cannot
+   finish (the broker is away, the model hangs): they are abandoned uncommitted, so the next
+   owner repeats them, and the process still exits cleanly.
+
+A broker that goes away is not a crash: fetch and commit errors are logged and retried with
+backoff, :meth:`KafkaSource.probe` tells readiness whether the cluster answers, and the
+publishing side retries on its own (``worker/pipeline.py``).
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, ConsumerStoppedError, KafkaError
 
+from worker.health import Health
 from worker.offsets import OffsetBook
 from worker.pipeline import Record
 from worker.scheduler import BatchScheduler
@@ -46,6 +53,9 @@ from worker.settings import Settings
 log = logging.getLogger(__name__)
 
 IDLE_POLL_MS = 1000  # how long getmany waits when nothing is gathered (a stop cancels it at once)
+STOP_DRAIN_S = 30.0  # a stop waits this long for in-flight batches (Kubernetes' grace is 60 s)
+PROBE_TIMEOUT_S = 5.0  # a metadata request unanswered this long: the broker counts as unreachable
+FIRST_BACKOFF_S = 0.25
 
 
 def to_record(msg: ConsumerRecord[bytes, bytes]) -> Record:
@@ -69,11 +79,13 @@ class KafkaSource(ConsumerRebalanceListener):
         scheduler: BatchScheduler,
         *,
         security: Mapping[str, Any],
+        health: Health | None = None,
         on_crash: Callable[[BaseException], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.scheduler = scheduler
         self.security = security
+        self.health = health if health is not None else Health()
         self.on_crash = on_crash
         self.book: OffsetBook[TopicPartition] = OffsetBook()
         self.consumer: AIOKafkaConsumer | None = None
@@ -83,6 +95,8 @@ class KafkaSource(ConsumerRebalanceListener):
         self.commit_lock = asyncio.Lock()
         self.tasks: list[asyncio.Task[None]] = []
         self.started = False
+        self.stopping = False
+        self.commit_backoff = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -104,6 +118,8 @@ class KafkaSource(ConsumerRebalanceListener):
         )
         self.consumer.subscribe([s.input_topic], listener=self)
         await self.consumer.start()
+        if self.stopping:  # a stop came while the consumer was starting: start nothing more
+            return
         self.started = True
         self.tasks = [
             asyncio.ensure_future(self._guard(self._take())),
@@ -111,13 +127,14 @@ class KafkaSource(ConsumerRebalanceListener):
         ]
 
     async def stop(self) -> None:
-        """Stop taking, finish what was admitted, commit it, leave the group."""
+        """Stop taking, finish what was admitted (``STOP_DRAIN_S`` at most), commit it, leave the group."""
+        self.stopping = True
         taker, committer = self.tasks or (None, None)
         if taker is not None:
             taker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await taker
-        await self._finish_admitted()
+        await self._finish_admitted(timeout_s=STOP_DRAIN_S)
         if committer is not None:
             committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -135,7 +152,26 @@ class KafkaSource(ConsumerRebalanceListener):
         return set(self.consumer.assignment())
 
     def highwater(self, tp: TopicPartition) -> int | None:
-        return self.consumer.highwater(tp) if self.consumer is not None else None
+        """The last fetch's high watermark; None for a partition not (or no longer) assigned."""
+        if self.consumer is None or not self.started or tp not in self.consumer.assignment():
+            return None  # aiokafka asserts on a partition that a rebalance just took away
+        hw: int | None = self.consumer.highwater(tp)
+        return hw
+
+    async def probe(self) -> None:
+        """Ask the cluster for its metadata; record in ``health`` whether it answered in time."""
+        if self.consumer is None or not self.started:
+            return
+        try:
+            await asyncio.wait_for(self.consumer.topics(), timeout=PROBE_TIMEOUT_S)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            if self.health.broker_reachable:
+                log.warning("the Kafka cluster does not answer (%r); not ready until it does", exc)
+            self.health.broker_lost(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            return
+        if not self.health.broker_reachable:
+            log.info("the Kafka cluster answers again")
+        self.health.broker_seen()
 
     def done_up_to(self, tp: TopicPartition) -> int | None:
         return self.book.done_up_to(tp)
@@ -157,7 +193,7 @@ class KafkaSource(ConsumerRebalanceListener):
             return None
         try:
             offset: int = await asyncio.wait_for(self.consumer.position(tp), timeout=1.0)
-        except (TimeoutError, KafkaError):
+        except (TimeoutError, KafkaError, AssertionError):  # AssertionError: no longer assigned
             return None
         return offset
 
@@ -189,6 +225,13 @@ class KafkaSource(ConsumerRebalanceListener):
             await work
         except asyncio.CancelledError:
             raise
+        except ConsumerStoppedError:
+            if self.stopping:  # stopped under it (SIGTERM during the group join): not a failure
+                return
+            log.critical("the Kafka consumer was closed under the worker, stopping")
+            if self.on_crash is None:
+                raise
+            await self.on_crash(ConsumerStoppedError())
         except Exception as exc:
             log.critical("the Kafka consumer failed, stopping: %r", exc)
             if self.on_crash is None:
@@ -198,15 +241,24 @@ class KafkaSource(ConsumerRebalanceListener):
     async def _take(self) -> None:
         assert self.consumer is not None
         s = self.settings
-        first_at = 0.0
-        while True:
+        first_at, backoff = 0.0, FIRST_BACKOFF_S
+        while not self.stopping:
             if self.gathered:
                 left_ms = max(0, int((first_at + s.batch_wait_s - time.monotonic()) * 1000))
             else:
                 left_ms = IDLE_POLL_MS
-            got = await self.consumer.getmany(
-                timeout_ms=left_ms, max_records=s.batch_size - len(self.gathered)
-            )
+            try:
+                got = await self.consumer.getmany(
+                    timeout_ms=left_ms, max_records=s.batch_size - len(self.gathered)
+                )
+            except ConsumerStoppedError:
+                raise
+            except KafkaError as exc:  # the group coordinator away or moving: keep trying
+                log.warning("fetching failed (%r); trying again in %.2f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, s.retry_backoff_max_s)
+                continue
+            backoff = FIRST_BACKOFF_S
             if got and not self.gathered:
                 first_at = time.monotonic()
             for msgs in got.values():
@@ -226,32 +278,48 @@ class KafkaSource(ConsumerRebalanceListener):
             tp = TopicPartition(m.topic, m.partition)
             book.take(tp, m.offset)
             acks.append(partial(self._finished, tp, m.offset))
-        self.admitting = asyncio.ensure_future(
+        admitting = self.admitting = asyncio.ensure_future(
             self.scheduler.submit([to_record(m) for m in msgs], acks, closed_by)
         )
         try:
-            await asyncio.shield(self.admitting)  # a stop lets the admission complete (see stop)
+            await asyncio.shield(admitting)  # a stop lets the admission complete (see stop)
         finally:
-            if self.admitting.done():
+            # a revocation may have finished this admission and cleared it meanwhile
+            if self.admitting is admitting and admitting.done():
                 self.admitting = None
 
     def _finished(self, tp: TopicPartition, offset: int) -> None:
         self.book.finish(tp, offset)
         self.finished.set()
 
-    async def _finish_admitted(self) -> None:
-        if self.admitting is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.admitting
+    async def _finish_admitted(self, timeout_s: float | None = None) -> None:
+        """Wait for the admission in progress and every batch in flight (``timeout_s`` at most:
+        what is still unfinished then is abandoned uncommitted, for the next owner to repeat)."""
+        admitting = self.admitting
+        try:
+            async with asyncio.timeout(timeout_s):
+                if admitting is not None:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(admitting)
+                await self.scheduler.drain()
+        except TimeoutError:
+            log.warning(
+                "%d batches still unfinished after %.0f s (broker away or model stuck); leaving them "
+                "uncommitted: the next owner repeats them", len(self.scheduler.tasks), timeout_s or 0,
+            )  # fmt: skip
+            if admitting is not None:
+                admitting.cancel()
+            await self.scheduler.abandon()
+        if self.admitting is admitting:
             self.admitting = None
-        await self.scheduler.drain()
 
     async def _commit_loop(self) -> None:
         while True:
             await self.finished.wait()
             self.finished.clear()
             await self._commit()
-            await asyncio.sleep(self.settings.commit_interval_s)
+            # after a failure, back off (the coordinator may be away); else the configured pace
+            await asyncio.sleep(max(self.settings.commit_interval_s, self.commit_backoff))
 
     async def _commit(self, *, final: bool = False) -> None:
         """Commit what finished in order. A failure is logged: its records are repeated, not lost."""
@@ -274,7 +342,11 @@ class KafkaSource(ConsumerRebalanceListener):
                         "final offset commit failed (%r): the next owner repeats up to %s", exc, offsets
                     )
                 else:
-                    log.warning("offset commit failed (%r); retrying with the next", exc)
+                    self.commit_backoff = min(
+                        max(FIRST_BACKOFF_S, self.commit_backoff * 2), self.settings.retry_backoff_max_s
+                    )
+                    log.warning("offset commit failed (%r); retrying in %.2f s", exc, self.commit_backoff)
                     self.finished.set()
                 return
+            self.commit_backoff = 0.0
             self.book.committed(offsets)

@@ -43,6 +43,8 @@ class Metrics:
     tokenise_seconds: Histogram
     ready: Gauge
     device_memory: Gauge
+    publish_retries: Counter
+    broker_reachable: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry, prefix: str = "sentiment") -> Metrics:
@@ -149,6 +151,18 @@ class Metrics:
                 "Accelerator memory held by the model process (allocated by tensors, reserved by the "
                 "allocator); 0 on the CPU.",
                 ["kind"],
+                registry=registry,
+            ),
+            publish_retries=Counter(
+                name("publish_retries"),
+                "Times a batch's results or dead letters were sent again because the broker did not "
+                "acknowledge them, by error.",
+                ["error"],
+                registry=registry,
+            ),
+            broker_reachable=Gauge(
+                name("broker_reachable"),
+                "1 while the Kafka cluster answers the worker's metadata probe (every 2 s), else 0.",
                 registry=registry,
             ),
         )

@@ -4,9 +4,22 @@ Kept free of faust so it can be unit-tested with fakes: it sees raw records (byt
 out) and a :class:`Publisher` whose ``send_many`` returns, per message, a future of the
 broker's acknowledgement.
 The contract with the caller: when :meth:`BatchProcessor.process` returns, every record of the
-batch has an acknowledged result or dead letter, so its offsets may be committed. Errors it can
-handle (bad input, model failure) become dead letters; errors it cannot (the broker refusing
-writes) are raised as :class:`PublishError`, and the caller must stop before committing.
+batch has an acknowledged result or dead letter, so its offsets may be committed.
+
+What can go wrong, and what happens:
+
+- Bad input (undecodable, wrong schema, too large, too many headers) and texts the model fails
+  on alone become dead letters.
+- A result or dead letter larger than its topic takes: the result becomes a ``too_large`` dead
+  letter; a dead letter is sent again without the original value and headers (its headers
+  ``original.size`` and ``original.sha256`` still identify the value).
+- The broker does not acknowledge (away, refusing writes, topic missing, a timeout): the
+  unacknowledged messages are sent again with exponential backoff, for as long as it takes,
+  while :class:`worker.health.Health` says "publishing: retrying" (not ready, and no new batch
+  starts). A crash meanwhile repeats the batch; nothing is committed past it.
+- What retrying cannot cure (the producer closed, a dead letter refused even bare, a model
+  that fails on everything) is raised: :class:`PublishError` or :class:`ModelBroken`, and the
+  caller must stop before committing.
 
 Records are decoded (:meth:`BatchProcessor.decode`) and tokenised before they are cut into
 micro-batches (``worker/scheduler.py``), so a :class:`MicroBatch` carries its token ids and the
@@ -23,26 +36,45 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from aiokafka.errors import (
+    KafkaError,
+    MessageSizeTooLargeError,
+    ProducerClosed,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
+
 from models.batching import padding_fraction
 from models.engine import Classifier, Prediction, Tokenised
-from schemas.errors import InvalidMessage, ModelError, SentimentError
+from schemas.errors import InvalidMessage, ModelError, ResultTooLargeError, SentimentError
 from schemas.messages import (
     Headers,
     ModelRef,
     Review,
-    dead_letter_headers,
+    check_headers,
+    dead_letter,
     decode_review,
     encode_result,
     now_ms,
 )
+from worker.health import Health
 from worker.logs import where
 from worker.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
+TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+FIRST_BACKOFF_S = 0.25
+
+
 class PublishError(SentimentError):
-    """The broker did not acknowledge a result or dead letter; offsets must not be committed."""
+    """A result or dead letter cannot be delivered by retrying; offsets must not be committed."""
+
+
+class ModelBroken(SentimentError):
+    """Every text of a batch failed and the model's health probe fails too: the device is broken,
+    so the texts are not to blame and must not become dead letters."""
 
 
 @dataclass(slots=True)  # not frozen: its __init__ runs per message, and frozen costs twice as much
@@ -65,6 +97,30 @@ class Publisher(Protocol):
     async def send_many(self, topic: str, messages: Sequence[Outgoing]) -> list[Awaitable[Any]]:
         """Queue ``messages`` for ``topic``; one future per message (messages may share one)."""
         ...
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One message to deliver, and what its acknowledgement means."""
+
+    topic: str
+    message: Outgoing
+    on_ack: Callable[[], None]
+    record: Record
+    dead: InvalidMessage | None = None  # set for a dead letter: why
+    alone: bool = False  # sent in a record batch of its own (to tell whose size was refused)
+    bare: bool = False  # a dead letter sent without the original value and headers
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Input and dead-letter bounds (the settings of the same names)."""
+
+    max_message_bytes: int = 1_000_000
+    max_headers: int = 64
+    max_header_bytes: int = 16384
+    dlq_max_value_bytes: int = 65536
+    retry_backoff_max_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,16 +153,20 @@ class BatchProcessor:
         metrics: Metrics,
         executor: Executor,
         *,
-        max_message_bytes: int,
+        limits: Limits = Limits(),  # frozen: one shared default is safe
+        health: Health | None = None,
         clock_ms: Callable[[], int] = now_ms,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.classifier = classifier
         self.publisher = publisher
         self.topics = topics
         self.metrics = metrics
         self.executor = executor
-        self.max_message_bytes = max_message_bytes
+        self.limits = limits
+        self.health = health if health is not None else Health()
         self.clock_ms = clock_ms
+        self.sleep = sleep
         info = classifier.info
         self.model_ref = ModelRef(name=info.name, version=info.version)
         self.labels = info.labels
@@ -114,9 +174,12 @@ class BatchProcessor:
     def decode(self, records: Sequence[Record]) -> list[Review | InvalidMessage]:
         """Each record's review, or the reason it will be dead-lettered (size is checked first)."""
         out: list[Review | InvalidMessage] = []
+        lim = self.limits
         for rec in records:
             try:
-                out.append(decode_review(rec.value, max_bytes=self.max_message_bytes))
+                if rec.headers:
+                    check_headers(rec.headers, max_count=lim.max_headers, max_bytes=lim.max_header_bytes)
+                out.append(decode_review(rec.value, max_bytes=lim.max_message_bytes))
             except InvalidMessage as exc:
                 out.append(exc)
         return out
@@ -132,8 +195,7 @@ class BatchProcessor:
             if isinstance(r, InvalidMessage)
         ]
         predictions = await self._classify(batch.tokens)
-        results: list[Outgoing] = []
-        on_acks: list[Callable[[], None]] = []
+        out: list[Delivery] = []
         ts_out = self.clock_ms()
         for (rec, review), pred in zip(valid, predictions, strict=True):
             if isinstance(pred, InvalidMessage):
@@ -149,15 +211,10 @@ class BatchProcessor:
                 ts_in=ts_in,
                 ts_out=ts_out,
             )
-            results.append((rec.key, value, rec.headers))
-            on_acks.append(self._on_result(ts_in, self.labels[pred.label_id], pred.truncated))
-        futures = await self.publisher.send_many(self.topics.output, results) if results else []
-        if dead:
-            futures += await self.publisher.send_many(
-                self.topics.dlq, [self._dead_letter(r, e) for r, e in dead]
-            )
-            on_acks += [self._on_dead(error) for _, error in dead]
-        await self._await_acks(list(zip(futures, on_acks, strict=True)))
+            on_ack = self._on_result(ts_in, self.labels[pred.label_id], pred.truncated)
+            out.append(Delivery(self.topics.output, (rec.key, value, rec.headers), on_ack, rec))
+        out += [self._dead_letter(rec, error) for rec, error in dead]
+        await self._deliver(out)
 
     async def _classify(self, tok: Tokenised) -> list[Prediction | InvalidMessage]:
         """Run the model in its thread; a failing batch is retried text by text to isolate it."""
@@ -177,6 +234,8 @@ class BatchProcessor:
         except Exception as exc:
             log.warning("model failed on a batch of %d (%r); retrying one by one", len(tok.ids), exc)
             preds = [await self._classify_one(loop, tok.take([i])) for i in range(len(tok.ids))]
+            if all(isinstance(p, ModelError) for p in preds):
+                await self._check_model(loop, exc)
         if began:
             self.metrics.model_batch_latency.observe(time.perf_counter() - began[0])
         lengths = [len(ids) for ids in tok.ids]
@@ -200,16 +259,29 @@ class BatchProcessor:
         except Exception as exc:
             return ModelError(f"model failed: {type(exc).__name__}: {exc}")
 
-    def _dead_letter(self, rec: Record, exc: InvalidMessage) -> Outgoing:
+    async def _check_model(self, loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:
+        """Every text failed alone too: blame the texts only if the model's health probe passes."""
+        try:
+            healthy = await loop.run_in_executor(self.executor, self.classifier.health)
+        except Exception:
+            healthy = False
+        if not healthy:
+            self.health.model_failed(f"{type(exc).__name__}: {exc}")
+            raise ModelBroken(f"the model fails on every text and its health probe fails: {exc!r}")
+
+    def _dead_letter(self, rec: Record, exc: InvalidMessage, *, bare: bool = False) -> Delivery:
         """The single place dead-letter decisions are made and logged."""
-        log.warning(
-            "dead-lettering %s[%d]@%d: %s: %s", rec.topic, rec.partition, rec.offset, exc.reason, exc,
-            extra=where(rec.topic, rec.partition, rec.offset),
+        if not bare:
+            log.warning(
+                "dead-lettering %s[%d]@%d: %s: %s", rec.topic, rec.partition, rec.offset, exc.reason, exc,
+                extra=where(rec.topic, rec.partition, rec.offset),
+            )  # fmt: skip
+        message = dead_letter(
+            exc, topic=rec.topic, partition=rec.partition, offset=rec.offset, key=rec.key,
+            value=rec.value, headers=[] if bare else rec.headers,
+            max_value_bytes=0 if bare else self.limits.dlq_max_value_bytes,
         )  # fmt: skip
-        headers = dead_letter_headers(
-            exc, topic=rec.topic, partition=rec.partition, offset=rec.offset, original=rec.headers
-        )
-        return rec.key, rec.value or b"", headers
+        return Delivery(self.topics.dlq, message, self._on_dead(exc), rec, dead=exc, alone=bare, bare=bare)
 
     def _on_result(self, ts_in: int, label: str, truncated: bool) -> Callable[[], None]:
         def done() -> None:
@@ -224,13 +296,76 @@ class BatchProcessor:
     def _on_dead(self, exc: InvalidMessage) -> Callable[[], None]:
         return lambda: self.metrics.dead_letters.labels(reason=exc.reason).inc()
 
-    async def _await_acks(self, pending: Sequence[tuple[Awaitable[Any], Callable[[], None]]]) -> None:
-        results = await asyncio.gather(*(fut for fut, _ in pending), return_exceptions=True)
-        failures = [r for r in results if isinstance(r, BaseException)]
-        for result, (_, on_ack) in zip(results, pending, strict=True):
-            if not isinstance(result, BaseException):
-                on_ack()
-        if failures:
-            raise PublishError(
-                f"{len(failures)} of {len(pending)} sends were not acknowledged: {failures[0]!r}"
-            )
+    async def _deliver(self, pending: list[Delivery]) -> None:
+        """Send until every message is acknowledged; see the module docstring for what is retried."""
+        backoff, retrying = FIRST_BACKOFF_S, False
+        try:
+            while pending:
+                outcomes = await self._send(pending)
+                again: list[Delivery] = []
+                error: BaseException | None = None
+                for item, outcome in zip(pending, outcomes, strict=True):
+                    if outcome is None:
+                        item.on_ack()
+                    elif isinstance(outcome, TOO_LARGE):
+                        again.append(self._smaller(item, outcome))
+                    elif isinstance(outcome, KafkaError | TimeoutError | OSError) and not isinstance(
+                        outcome, ProducerClosed
+                    ):
+                        again.append(item)
+                        error = outcome
+                    else:
+                        raise PublishError(f"cannot publish to {item.topic}: {outcome!r}") from outcome
+                pending = again
+                if error is not None:
+                    if not retrying:
+                        retrying = True
+                        self.health.publish_retrying(f"{type(error).__name__}: {error}")
+                    log.warning(
+                        "%d of a batch's messages not acknowledged (%r); retrying in %.2f s",
+                        len(again), error, backoff,
+                    )  # fmt: skip
+                    self.metrics.publish_retries.labels(error=type(error).__name__).inc()
+                    await self.sleep(backoff)
+                    backoff = min(backoff * 2, self.limits.retry_backoff_max_s)
+        finally:
+            if retrying:
+                self.health.publish_recovered()
+
+    async def _send(self, pending: Sequence[Delivery]) -> list[BaseException | None]:
+        """Hand ``pending`` to the publisher; per message, None (acknowledged) or why not."""
+        outcomes: list[BaseException | None] = [None] * len(pending)
+        groups: dict[tuple[str, int], list[int]] = {}
+        for i, item in enumerate(pending):  # a message sent alone goes in a call of its own
+            groups.setdefault((item.topic, i if item.alone else -1), []).append(i)
+        waits: list[tuple[list[int], Awaitable[Any]]] = []
+        for (topic, _), indices in groups.items():
+            try:
+                futures = await self.publisher.send_many(topic, [pending[i].message for i in indices])
+            except Exception as exc:  # e.g. no metadata for the topic: nothing of it was queued
+                for i in indices:
+                    outcomes[i] = exc
+                continue
+            waits += [([i], f) for i, f in zip(indices, futures, strict=True)]
+        results = await asyncio.gather(*(f for _, f in waits), return_exceptions=True)
+        for (indices, _), result in zip(waits, results, strict=True):
+            for i in indices:
+                outcomes[i] = result if isinstance(result, BaseException) else None
+        return outcomes
+
+    def _smaller(self, item: Delivery, exc: BaseException) -> Delivery:
+        """What to send instead of a message its topic refused for its size."""
+        if not item.alone:  # it may be its record batch that was too large: try it on its own
+            item.alone = True
+            return item
+        size = sum(len(p or b"") for p in item.message[:2]) + sum(len(v or b"") for _, v in item.message[2])
+        if item.dead is None:
+            error = ResultTooLargeError(f"a result of {size} bytes is too large for {item.topic}: {exc}")
+            return self._dead_letter(item.record, error)
+        if not item.bare:
+            log.warning(
+                "dead letter of %d bytes refused by %s (%r); sending it without the original value",
+                size, item.topic, exc,
+            )  # fmt: skip
+            return self._dead_letter(item.record, item.dead, bare=True)
+        raise PublishError(f"{item.topic} refuses even a dead letter without its value: {exc!r}") from exc

@@ -9,8 +9,10 @@ are in flight plus the one being admitted.
 
 A record is acknowledged (its offset becomes committable) only after its result or dead letter
 is acknowledged by the broker. Batches finish out of order; the consumer commits only up to the
-first offset not yet acknowledged, so a crash repeats work and never skips it. A batch that
-cannot be published ends the process without acknowledging anything (``on_fatal``).
+first offset not yet acknowledged, so a crash repeats work and never skips it. While a batch
+retries its publishing, no new batch starts (``Health.wait_publishing``). A batch that cannot
+be completed by retrying (``PublishError``, ``ModelBroken``) ends the process without
+acknowledging anything (``on_fatal``); one abandoned at a stop is simply not acknowledged.
 
 Kept free of faust, like the pipeline, so it is unit-tested with fakes.
 """
@@ -32,20 +34,21 @@ from models.engine import Classifier, Tokenised
 from schemas.errors import InvalidMessage, ModelError
 from schemas.messages import Review
 from worker.metrics import Metrics
-from worker.pipeline import BatchProcessor, MicroBatch, Record
+from worker.pipeline import BatchProcessor, MicroBatch, ModelBroken, Record
 
 log = logging.getLogger(__name__)
 
-EXIT_PUBLISH_FAILED = 70
+EXIT_PUBLISH_FAILED = 70  # EX_SOFTWARE: a result or dead letter that retrying cannot deliver
+EXIT_MODEL_BROKEN = 71  # the model fails on everything, its health probe too (a broken device)
 
 Ack = Callable[[], Any]
 
 
 def exit_without_commit(batch: MicroBatch, exc: BaseException) -> NoReturn:
-    """The default for a batch that could not be published: stop now, so nothing is committed."""
+    """The default for a batch that cannot be completed: stop now, so nothing is committed."""
     log.critical("batch of %d could not be completed, exiting without commit: %r", len(batch.records), exc)
     logging.shutdown()
-    os._exit(EXIT_PUBLISH_FAILED)
+    os._exit(EXIT_MODEL_BROKEN if isinstance(exc, ModelBroken) else EXIT_PUBLISH_FAILED)
 
 
 class InFlight:
@@ -123,6 +126,13 @@ class BatchScheduler:
         while self.tasks:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
 
+    async def abandon(self) -> None:
+        """Cancel the batches in flight: none is acknowledged, so their records are repeated."""
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _admit(self, records: Sequence[Record], acks: Sequence[Ack], closed_by: str) -> None:
         self.metrics.messages_in.inc(len(records))
         self.metrics.pending_reviews.inc(len(records))
@@ -140,6 +150,7 @@ class BatchScheduler:
                 closed_by="tokens" if n < len(runs) - 1 else closed_by,
             )
             self.metrics.batches.labels(closed_by=batch.closed_by).inc()
+            await self.processor.health.wait_publishing()  # none starts while others retry
             await self.slots.acquire()
             task = asyncio.ensure_future(self._run(batch, acks[run.start : run.stop]))
             self.tasks.add(task)
@@ -168,7 +179,11 @@ class BatchScheduler:
         try:
             with self.in_flight.track():
                 await self.processor.process(batch)
-        except BaseException as exc:  # incl. cancellation: the batch is not done, so nothing is acked
+        except asyncio.CancelledError:  # abandoned at a stop: not done, so nothing is acked
+            self.slots.release()
+            self.metrics.pending_reviews.dec(len(acks))
+            raise
+        except BaseException as exc:
             self.slots.release()
             self.on_fatal(batch, exc)
             return

@@ -8,12 +8,13 @@ from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from aiokafka.errors import MessageSizeTooLargeError
 from prometheus_client import CollectorRegistry
 
 from models.engine import EngineInfo, Prediction, Tokenised
 from schemas.messages import Headers
 from worker.metrics import Metrics
-from worker.pipeline import BatchProcessor, MicroBatch, Outgoing, Record, Topics
+from worker.pipeline import BatchProcessor, Limits, MicroBatch, Outgoing, Record, Topics
 from worker.scheduler import BatchScheduler
 
 
@@ -27,6 +28,7 @@ class FakeClassifier:
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
         self.gate: threading.Event | None = None  # when set, each call waits for it to open
+        self.broken = False  # every call fails, the health probe too (a dead device)
 
     def tokenise(self, texts: Sequence[str]) -> Tokenised:
         """One 'token' per character, code points as ids, cut at max_length."""
@@ -38,6 +40,8 @@ class FakeClassifier:
         self.calls.append(texts)
         if self.gate is not None:
             self.gate.wait(timeout=10)
+        if self.broken:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
         if any("boom" in t for t in texts):
             raise RuntimeError("kernel exploded")
         return [
@@ -52,41 +56,72 @@ class FakeClassifier:
         return 0.0
 
     def health(self) -> bool:
-        return True
+        return not self.broken
 
 
 class FakePublisher:
-    def __init__(self, fail_topic: str | None = None) -> None:
+    """Records what is sent. ``failures[topic]``: exceptions the next calls for ``topic`` fail with,
+    one per call, in order; ``limits[topic]``: records larger than this many bytes fail as too large."""
+
+    def __init__(
+        self, failures: dict[str, list[BaseException]] | None = None, limits: dict[str, int] | None = None
+    ) -> None:
         self.sent: list[tuple[str, bytes | None, bytes, Headers]] = []
-        self.fail_topic = fail_topic
+        self.failures = failures or {}
+        self.limits = limits or {}
+        self.calls = 0
 
     async def send_many(self, topic: str, messages: Sequence[Outgoing]) -> list[Awaitable[Any]]:
         """One shared future for the call, as the real publisher has one per partition."""
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.calls += 1
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        futures: list[Awaitable[Any]] = []
+        failing = self.failures.get(topic)
+        error = failing.pop(0) if failing else None
         for key, value, headers in messages:
-            self.sent.append((topic, key, value, headers))
-        if topic == self.fail_topic:
-            fut.set_exception(ConnectionError("broker gone"))
+            size = len(key or b"") + len(value) + sum(len(k) + len(v) for k, v in headers)
+            if size > self.limits.get(topic, size):
+                big: asyncio.Future[int] = loop.create_future()
+                big.set_exception(MessageSizeTooLargeError(f"{size} bytes"))
+                futures.append(big)
+                continue
+            if error is None:
+                self.sent.append((topic, key, value, headers))
+            futures.append(fut)
+        if error is not None:
+            fut.set_exception(error)
         else:
             fut.set_result(len(self.sent))
-        return [fut] * len(messages)
+        return futures
 
 
 def record(offset: int, value: bytes | None, key: bytes | None = b"k") -> Record:
     return Record("reviews", 0, offset, key, value, [("h", b"v")], 1_000)
 
 
-def make(publisher: FakePublisher, registry: CollectorRegistry) -> tuple[BatchProcessor, FakeClassifier]:
+def make(
+    publisher: FakePublisher, registry: CollectorRegistry, **limits: Any
+) -> tuple[BatchProcessor, FakeClassifier]:
+    """A processor over ``publisher``; its backoff sleeps are recorded in ``proc.slept``, not slept."""
     model = FakeClassifier()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await asyncio.sleep(0)
+
     proc = BatchProcessor(
         model,
         publisher,
         Topics("out", "dlq"),
         Metrics.create(registry),
         ThreadPoolExecutor(1),
-        max_message_bytes=200,
+        limits=Limits(**{"max_message_bytes": 200, **limits}),
         clock_ms=lambda: 3_000,
+        sleep=sleep,
     )
+    proc.slept = slept  # type: ignore[attr-defined]
     return proc, model
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+
 import orjson
 import pytest
+from aiokafka.errors import KafkaTimeoutError, NotEnoughReplicasError, ProducerClosed
 from prometheus_client import CollectorRegistry
 
-from tests.unit.fakes import FakePublisher, handle, make, record
-from worker.pipeline import PublishError
+from tests.unit.fakes import FakePublisher, Run, handle, make, record
+from worker.pipeline import ModelBroken, PublishError
 
 
 def test_valid_reviews_are_published_and_bad_ones_dead_lettered() -> None:
@@ -60,10 +64,125 @@ def test_a_model_failure_isolates_the_bad_text_as_model_error() -> None:
     assert value == batch[1].value and dict(headers)["error.reason"] == b"model_error"
 
 
-def test_an_unacknowledged_send_is_fatal_and_acks_nothing() -> None:
-    pub = FakePublisher(fail_topic="out")
+def review(offset: int, text: str = "好", **extra: object) -> bytes:
+    return orjson.dumps({"id": f"r{offset}", "text": text, **extra})
+
+
+def test_unacknowledged_sends_are_retried_with_backoff_until_the_broker_takes_them() -> None:
+    errors = [KafkaTimeoutError(), NotEnoughReplicasError(), KafkaTimeoutError(), KafkaTimeoutError()]
+    pub, registry = FakePublisher(failures={"out": list(errors)}), CollectorRegistry()
+    proc, _ = make(pub, registry, retry_backoff_max_s=1.0)
+    seen: list[str] = []
+    proc.health.publish_retrying = lambda e, f=proc.health.publish_retrying: (seen.append(e), f(e))[1]  # type: ignore[method-assign]
+    run = handle(proc, [record(i, review(i)) for i in range(3)])
+
+    assert not run.fatal and sorted(run.acked) == [0, 1, 2]
+    assert [orjson.loads(v)["id"] for t, _, v, _ in pub.sent if t == "out"] == ["r0", "r1", "r2"]
+    assert proc.slept == [0.25, 0.5, 1.0, 1.0]  # exponential, capped at retry_backoff_max_s
+    assert len(seen) == 1 and seen[0].startswith("KafkaTimeoutError")  # one retrying episode
+    assert proc.health.publishing == "ok" and proc.health.ok  # recovered
+    assert registry.get_sample_value("sentiment_publish_retries_total", {"error": "KafkaTimeoutError"}) == 3
+
+
+def test_nothing_is_acked_while_publishing_retries_and_no_new_batch_starts() -> None:
+    async def scenario() -> tuple[list[int], list[int], str, list[int]]:
+        pub = FakePublisher(failures={"out": [KafkaTimeoutError()] * 1000})
+        proc, model = make(pub, CollectorRegistry())
+        run = Run(proc, max_in_flight=4)
+        await run.submit([record(0, review(0))])
+        for _ in range(50):  # the first batch is retrying by now
+            await asyncio.sleep(0)
+        second = asyncio.ensure_future(run.submit([record(1, review(1, "差"))]))
+        for _ in range(50):
+            await asyncio.sleep(0)
+        acked_meanwhile, calls_meanwhile = list(run.acked), [len(c) for c in model.calls]
+        state = proc.health.publishing
+        pub.failures["out"].clear()  # the broker is back
+        await second
+        await run.scheduler.drain()
+        return acked_meanwhile, calls_meanwhile, state, sorted(run.acked)
+
+    acked_meanwhile, calls_meanwhile, state, acked = asyncio.run(scenario())
+    assert acked_meanwhile == [] and state == "retrying"
+    assert calls_meanwhile == [1], "the second batch must wait: it reached the model"
+    assert acked == [0, 1]
+
+
+def test_a_closed_producer_is_fatal_and_acks_nothing() -> None:
+    pub = FakePublisher(failures={"out": [ProducerClosed()]})
     proc, _ = make(pub, CollectorRegistry())
-    run = handle(proc, [record(0, orjson.dumps({"id": "a", "text": "好"}))])
+    run = handle(proc, [record(0, review(0))])
     [(batch, exc)] = run.fatal
-    assert isinstance(exc, PublishError) and "1 of 1 sends" in str(exc)
+    assert isinstance(exc, PublishError) and "ProducerClosed" in str(exc)
     assert [r.offset for r in batch.records] == [0] and run.acked == []
+
+
+def test_a_result_too_large_for_its_topic_becomes_a_dead_letter() -> None:
+    pub = FakePublisher(limits={"out": 400})
+    proc, _ = make(pub, CollectorRegistry(), max_message_bytes=10_000)
+    big = review(1, meta={"blob": "x" * 500})
+    run = handle(proc, [record(0, review(0)), record(1, big)])
+    assert sorted(run.acked) == [0, 1] and not run.fatal
+    assert [orjson.loads(v)["id"] for t, _, v, _ in pub.sent if t == "out"] == ["r0"]
+    [(_, _, value, headers)] = [s for s in pub.sent if s[0] == "dlq"]
+    h = dict(headers)
+    assert h["error.reason"] == b"too_large" and h["error.class"] == b"ResultTooLargeError"
+    assert value == big and h["original.sha256"] == hashlib.sha256(big).hexdigest().encode()
+
+
+def test_a_dead_letter_is_cut_to_the_cap_and_sent_bare_when_still_refused() -> None:
+    value = b"{not json" + bytes(range(256)) * 4
+    pub = FakePublisher(limits={"dlq": 360})
+    proc, _ = make(pub, CollectorRegistry(), max_message_bytes=10_000, dlq_max_value_bytes=100)
+    run = handle(proc, [record(0, value)])
+    assert run.acked == [0] and not run.fatal
+    [(_, _, kept, headers)] = [s for s in pub.sent if s[0] == "dlq"]
+    h = dict(headers)
+    assert kept == b"" and "h" not in h  # bare: no value, no original headers
+    assert h["original.size"] == str(len(value)).encode()
+    assert h["original.sha256"] == hashlib.sha256(value).hexdigest().encode()
+    assert h["original.truncated"] == b"true" and h["error.reason"] == b"decode"
+
+    pub2 = FakePublisher()
+    proc2, _ = make(pub2, CollectorRegistry(), max_message_bytes=10_000, dlq_max_value_bytes=100)
+    handle(proc2, [record(0, value)])
+    [(_, _, kept2, headers2)] = [s for s in pub2.sent if s[0] == "dlq"]
+    assert kept2 == value[:100] and dict(headers2)["h"] == b"v"  # cut, original headers kept
+
+
+def test_a_dead_letter_refused_even_bare_is_fatal() -> None:
+    pub = FakePublisher(limits={"dlq": 10})
+    proc, _ = make(pub, CollectorRegistry())
+    run = handle(proc, [record(0, b"{broken")])
+    [(_, exc)] = run.fatal
+    assert isinstance(exc, PublishError) and run.acked == []
+
+
+def test_inputs_over_the_header_limits_are_dead_lettered_without_their_headers() -> None:
+    pub = FakePublisher()
+    proc, _ = make(pub, CollectorRegistry(), max_headers=3, max_header_bytes=50)
+    many = record(0, review(0))
+    many.headers = [(f"k{i}", b"v") for i in range(4)]
+    large = record(1, review(1))
+    large.headers = [("k", b"v" * 60)]
+    fine = record(2, review(2))
+    fine.headers = [("k1", b"v"), ("k2", b"v"), ("k3", b"v")]
+    run = handle(proc, [many, large, fine])
+    assert sorted(run.acked) == [0, 1, 2]
+    [(_, _, _, out_headers)] = [s for s in pub.sent if s[0] == "out"]
+    assert out_headers == fine.headers
+    dead = {dict(h)["source.offset"]: dict(h) for t, _, _, h in pub.sent if t == "dlq"}
+    assert set(dead) == {b"0", b"1"}
+    for h in dead.values():
+        assert h["error.class"] == b"HeadersTooLargeError" and h["error.reason"] == b"too_large"
+        assert not any(k.startswith("k") for k in h)
+
+
+def test_a_broken_device_stops_the_batch_instead_of_dead_lettering_it() -> None:
+    pub = FakePublisher()
+    proc, model = make(pub, CollectorRegistry())
+    model.broken = True
+    run = handle(proc, [record(i, review(i)) for i in range(3)])
+    [(_, exc)] = run.fatal
+    assert isinstance(exc, ModelBroken) and run.acked == [] and pub.sent == []
+    assert proc.health.report()["model"] == "broken" and not proc.health.ok
