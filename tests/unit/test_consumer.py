@@ -47,3 +47,103 @@ def test_a_consumed_message_becomes_a_record_with_its_position_and_headers() -> 
     rec = to_record(msg)
     assert (rec.topic, rec.partition, rec.offset, rec.key, rec.value) == ("reviews", 3, 41, b"k", b"{}")
     assert rec.headers == [("trace", b"t1")] and rec.timestamp_ms == 1_700_000_000_123
+
+
+class FakeConsumer:
+    """What KafkaSource asks of aiokafka's consumer during a revocation: assignment and commit."""
+
+    def __init__(self, assigned: set[Any]) -> None:
+        self.assigned = assigned
+        self.commits: list[dict[Any, int]] = []
+
+    def assignment(self) -> set[Any]:
+        return set(self.assigned)
+
+    async def commit(self, offsets: dict[Any, int]) -> None:
+        self.commits.append(dict(offsets))
+
+    def highwater(self, tp: Any) -> int:
+        assert tp in self.assigned, "aiokafka asserts the partition is assigned"
+        return 10
+
+
+class GatedScheduler:
+    """``submit`` returns once ``gate`` opens (all slots busy: the model is the bottleneck)."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.acks: list[Any] = []
+
+    async def submit(self, records: Any, acks: Any, closed_by: str) -> None:
+        await self.gate.wait()
+        self.acks += acks
+
+    async def drain(self) -> None:
+        for ack in self.acks:
+            ack()
+        self.acks = []
+
+
+def test_a_revocation_while_a_batch_waits_for_a_slot_finishes_it_and_does_not_crash() -> None:
+    """The race of a scale-up under load: ``on_partitions_revoked`` finishes and clears the
+    admission that ``_admit`` is still awaiting; ``_admit`` must return normally afterwards."""
+    from aiokafka import TopicPartition
+
+    tp = TopicPartition("reviews", 0)
+
+    async def scenario() -> tuple[BaseException | None, list[dict[Any, int]]]:
+        scheduler = GatedScheduler()
+        src = KafkaSource(load_settings(), cast(BatchScheduler, scheduler), security={})
+        src.consumer = cast(Any, FakeConsumer({tp}))
+        src.gathered = [
+            ConsumerRecord("reviews", 0, off, 0, 0, b"k", b"{}", None, 1, 2, ())  # type: ignore[arg-type]
+            for off in (5, 6)
+        ]
+        taking = asyncio.ensure_future(src._admit("count"))
+        await asyncio.sleep(0.01)  # _admit waits for a slot
+        revoking = asyncio.ensure_future(src.on_partitions_revoked({tp}))
+        await asyncio.sleep(0.01)
+        scheduler.gate.set()  # a slot frees: the admission completes under the revocation
+        await revoking
+        error = None
+        try:
+            await taking
+        except BaseException as exc:
+            error = exc
+        return error, src.consumer.commits  # type: ignore[union-attr]
+
+    error, commits = asyncio.run(scenario())
+    assert error is None, f"_admit failed after the revocation: {error!r}"
+    assert commits == [{tp: 7}]  # both records finished and committed before the hand-over
+
+
+def test_a_stop_while_the_consumer_starts_starts_no_taking() -> None:
+    """SIGTERM during the group join: stop() runs while start() awaits the consumer; start()
+    must then leave the stopped consumer alone (getmany on it raised ConsumerStoppedError)."""
+    from aiokafka.errors import ConsumerStoppedError
+
+    crashes: list[BaseException] = []
+
+    async def crash(exc: BaseException) -> None:
+        crashes.append(exc)
+
+    async def stopped() -> None:
+        raise ConsumerStoppedError()
+
+    src = source(crash)
+    src.stopping = True
+    asyncio.run(src._guard(stopped()))
+    assert crashes == []  # stopping: a closed consumer is the expected end, not a crash
+    src.stopping = False
+    asyncio.run(src._guard(stopped()))
+    assert len(crashes) == 1  # closed under a running worker: that is a crash
+
+
+def test_highwater_of_a_partition_no_longer_assigned_is_unknown_not_an_error() -> None:
+    from aiokafka import TopicPartition
+
+    src = source()
+    src.consumer = cast(Any, FakeConsumer({TopicPartition("reviews", 0)}))
+    src.started = True
+    assert src.highwater(TopicPartition("reviews", 0)) == 10
+    assert src.highwater(TopicPartition("reviews", 1)) is None
