@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_MS = 1000  # how long getmany waits when nothing is gathered (a stop cancels it at once)
 STOP_DRAIN_S = 30.0  # a stop waits this long for in-flight batches (Kubernetes' grace is 60 s)
+PROBE_INTERVAL_S = 2.0  # one Metadata request per interval
 PROBE_TIMEOUT_S = 5.0  # a metadata request unanswered this long: the broker counts as unreachable
 FIRST_BACKOFF_S = 0.25
 
@@ -124,21 +125,22 @@ class KafkaSource(ConsumerRebalanceListener):
         self.tasks = [
             asyncio.ensure_future(self._guard(self._take())),
             asyncio.ensure_future(self._guard(self._commit_loop())),
+            asyncio.ensure_future(self._guard(self._probe_loop())),
         ]
 
     async def stop(self) -> None:
         """Stop taking, finish what was admitted (``STOP_DRAIN_S`` at most), commit it, leave the group."""
         self.stopping = True
-        taker, committer = self.tasks or (None, None)
+        taker, others = (self.tasks[0], self.tasks[1:]) if self.tasks else (None, [])
         if taker is not None:
             taker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await taker
         await self._finish_admitted(timeout_s=STOP_DRAIN_S)
-        if committer is not None:
-            committer.cancel()
+        for task in others:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await committer
+                await task
         if self.consumer is not None:
             await self._commit(final=True)
             await self.consumer.stop()
@@ -157,6 +159,11 @@ class KafkaSource(ConsumerRebalanceListener):
             return None  # aiokafka asserts on a partition that a rebalance just took away
         hw: int | None = self.consumer.highwater(tp)
         return hw
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await self.probe()
+            await asyncio.sleep(PROBE_INTERVAL_S)
 
     async def probe(self) -> None:
         """Ask the cluster for its metadata; record in ``health`` whether it answered in time."""

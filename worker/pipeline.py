@@ -167,6 +167,7 @@ class BatchProcessor:
         self.health = health if health is not None else Health()
         self.clock_ms = clock_ms
         self.sleep = sleep
+        self.model_since: float | None = None  # when the model call now running began
         info = classifier.info
         self.model_ref = ModelRef(name=info.name, version=info.version)
         self.labels = info.labels
@@ -227,7 +228,7 @@ class BatchProcessor:
         def run() -> list[Prediction]:
             began.append(time.perf_counter())
             self.metrics.queue_wait.observe(began[0] - started)  # waited for the model thread
-            return self.classifier.classify_tokenised(tok)
+            return self._timed(tok)
 
         try:
             preds: list[Prediction | InvalidMessage] = list(await loop.run_in_executor(self.executor, run))
@@ -254,10 +255,23 @@ class BatchProcessor:
         self, loop: asyncio.AbstractEventLoop, tok: Tokenised
     ) -> Prediction | InvalidMessage:
         try:
-            [pred] = await loop.run_in_executor(self.executor, self.classifier.classify_tokenised, tok)
+            [pred] = await loop.run_in_executor(self.executor, self._timed, tok)
             return pred
         except Exception as exc:
             return ModelError(f"model failed: {type(exc).__name__}: {exc}")
+
+    def _timed(self, tok: Tokenised) -> list[Prediction]:
+        """The model call, on the model thread, marked so /healthz can tell a hung one."""
+        self.model_since = time.monotonic()
+        try:
+            return self.classifier.classify_tokenised(tok)
+        finally:
+            self.model_since = None
+
+    def model_busy_s(self) -> float:
+        """How long the model call now running has taken (0 when none runs)."""
+        since = self.model_since
+        return time.monotonic() - since if since is not None else 0.0
 
     async def _check_model(self, loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:
         """Every text failed alone too: blame the texts only if the model's health probe passes."""

@@ -68,7 +68,8 @@ def test_every_alert_has_a_summary_a_runbook_and_exported_metrics() -> None:
     rules = rule_exprs()
     assert {r["alert"] for r in rules} == {
         "SentimentConsumerLagGrowing", "SentimentDeadLetterRateHigh", "SentimentLatencyP99High",
-        "SentimentWorkerNotReady", "SentimentNoResults",
+        "SentimentWorkerNotReady", "SentimentNoResults", "SentimentPublishRetrying",
+        "SentimentBrokerUnreachable",
     }  # fmt: skip
     for rule in rules:
         assert rule["annotations"]["summary"] and rule["annotations"]["runbook"], rule["alert"]
