@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_MS = 1000  # how long getmany waits when nothing is gathered (a stop cancels it at once)
 STOP_DRAIN_S = 30.0  # a stop waits this long for in-flight batches (Kubernetes' grace is 60 s)
+STOP_STEP_S = 10.0  # and this long each for the final commit and leaving the group
 PROBE_INTERVAL_S = 2.0  # one Metadata request per interval
 PROBE_TIMEOUT_S = 5.0  # a metadata request unanswered this long: the broker counts as unreachable
 FIRST_BACKOFF_S = 0.25
@@ -142,8 +143,13 @@ class KafkaSource(ConsumerRebalanceListener):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.consumer is not None:
-            await self._commit(final=True)
-            await self.consumer.stop()
+            # with the broker away both would wait for it; a stop must not (nothing is lost:
+            # what is not committed is repeated by the next owner)
+            for step, what in ((self._commit(final=True), "final commit"), (self.consumer.stop(), "leaving")):
+                try:
+                    await asyncio.wait_for(step, timeout=STOP_STEP_S)
+                except TimeoutError:
+                    log.warning("%s gave up after %.0f s (the broker does not answer)", what, STOP_STEP_S)
         self.started = False
 
     # --- what the web views and the lag gauge read --------------------------------------------
@@ -305,9 +311,8 @@ class KafkaSource(ConsumerRebalanceListener):
         admitting = self.admitting
         try:
             async with asyncio.timeout(timeout_s):
-                if admitting is not None:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.shield(admitting)
+                if admitting is not None:  # wait without cancelling it, nor raising what it raised
+                    await asyncio.wait([admitting])
                 await self.scheduler.drain()
         except TimeoutError:
             log.warning(

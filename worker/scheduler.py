@@ -99,6 +99,7 @@ class BatchScheduler:
         self.slots = asyncio.Semaphore(max_in_flight)
         self.in_flight = InFlight(metrics)
         self.tasks: set[asyncio.Task[None]] = set()
+        self.closed = False  # set by abandon(): nothing starts any more
 
     async def submit(self, records: Sequence[Record], acks: Sequence[Ack], closed_by: str) -> None:
         """Admit ``records``; returns when all of them are in flight (backpressure).
@@ -127,7 +128,9 @@ class BatchScheduler:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
 
     async def abandon(self) -> None:
-        """Cancel the batches in flight: none is acknowledged, so their records are repeated."""
+        """Cancel the batches in flight and start no more: none is acknowledged, so their records
+        (and those of an admission still waiting) are repeated by the next owner."""
+        self.closed = True
         tasks = list(self.tasks)
         for task in tasks:
             task.cancel()
@@ -152,6 +155,9 @@ class BatchScheduler:
             self.metrics.batches.labels(closed_by=batch.closed_by).inc()
             await self.processor.health.wait_publishing()  # none starts while others retry
             await self.slots.acquire()
+            if self.closed:
+                self.slots.release()
+                return
             task = asyncio.ensure_future(self._run(batch, acks[run.start : run.stop]))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)

@@ -147,3 +147,28 @@ def test_highwater_of_a_partition_no_longer_assigned_is_unknown_not_an_error() -
     src.started = True
     assert src.highwater(TopicPartition("reviews", 0)) == 10
     assert src.highwater(TopicPartition("reviews", 1)) is None
+
+
+def test_a_stop_abandons_batches_that_cannot_finish_after_the_drain_timeout() -> None:
+    """The broker away during a rolling deploy: in-flight batches retry forever; a stop must
+    give up on them (uncommitted, so repeated by the next owner) instead of hanging."""
+    from aiokafka.errors import KafkaTimeoutError
+    from prometheus_client import CollectorRegistry
+
+    from tests.unit.fakes import FakePublisher, Run, make, record
+
+    async def scenario() -> tuple[float, list[int], int]:
+        pub = FakePublisher(failures={"out": [KafkaTimeoutError()] * 10_000})
+        proc, _ = make(pub, CollectorRegistry())
+        run = Run(proc)
+        src = KafkaSource(load_settings(), run.scheduler, security={})
+        await run.submit([record(0, b'{"id": "a", "text": "\\u597d"}')])
+        src.admitting = asyncio.ensure_future(run.submit([record(1, b'{"id": "b", "text": "x"}')]))
+        await asyncio.sleep(0.05)
+        started = asyncio.get_running_loop().time()
+        await src._finish_admitted(timeout_s=0.3)
+        return asyncio.get_running_loop().time() - started, run.acked, len(run.scheduler.tasks)
+
+    took, acked, left = asyncio.run(scenario())
+    assert 0.3 <= took < 2.0, f"the stop took {took:.2f} s"
+    assert acked == [] and left == 0
