@@ -163,21 +163,31 @@ class BatchScheduler:
             task.add_done_callback(self.tasks.discard)
 
     async def _tokenise(self, decoded: list[Review | InvalidMessage]) -> Tokenised:
-        """Tokenise the valid reviews off the event loop; if the tokenizer fails, they are model errors."""
+        """Tokenise the valid reviews off the event loop. If the tokenizer fails on the batch, each
+        text is tried alone, and only those that fail alone become model errors (in ``decoded``)."""
         texts = [r.text for r in decoded if isinstance(r, Review)]
         if not texts:
             return Tokenised([], [])
+        loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            tokens = await asyncio.get_running_loop().run_in_executor(
-                self.tokeniser, self.classifier.tokenise, texts
-            )
+            tokens = await loop.run_in_executor(self.tokeniser, self.classifier.tokenise, texts)
         except Exception as exc:
-            log.warning("tokenizer failed on %d texts (%r); dead-lettering them", len(texts), exc)
+            log.warning(
+                "tokenizer failed on a batch of %d texts (%r); trying them one by one", len(texts), exc
+            )
+            ids, truncated = [], []
             for i, r in enumerate(decoded):
-                if isinstance(r, Review):
-                    decoded[i] = ModelError(f"tokenizer failed: {type(exc).__name__}: {exc}")
-            return Tokenised([], [])
+                if not isinstance(r, Review):
+                    continue
+                try:
+                    one = await loop.run_in_executor(self.tokeniser, self.classifier.tokenise, [r.text])
+                except Exception as alone:
+                    decoded[i] = ModelError(f"tokenizer failed: {type(alone).__name__}: {alone}")
+                    continue
+                ids += one.ids
+                truncated += one.truncated
+            return Tokenised(ids, truncated)
         self.metrics.tokenise_seconds.observe(time.perf_counter() - started)
         return tokens
 

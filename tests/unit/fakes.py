@@ -32,6 +32,8 @@ class FakeClassifier:
 
     def tokenise(self, texts: Sequence[str]) -> Tokenised:
         """One 'token' per character, code points as ids, cut at max_length."""
+        if any("untokenisable" in t for t in texts):
+            raise ValueError("the tokenizer chokes")
         n = self.info.max_length
         return Tokenised([[ord(c) for c in t[:n]] for t in texts], [len(t) > n for t in texts])
 

@@ -107,3 +107,20 @@ def test_acks_wait_for_the_broker_and_a_cancelled_caller_does_not_drop_a_batch()
 
     run, _ = asyncio.run(go())
     assert sorted(run.acked) == [0, 1] and not run.fatal
+
+
+def test_a_text_the_tokenizer_fails_on_is_dead_lettered_alone() -> None:
+    pub = FakePublisher()
+    proc, _ = make(pub, CollectorRegistry())
+    run = Run(proc)
+    batch = reviews("好", "untokenisable 好", "差")
+
+    async def go() -> None:
+        await run.submit(batch)
+        await run.scheduler.drain()
+
+    asyncio.run(go())
+    assert sorted(run.acked) == [0, 1, 2]
+    assert sorted(orjson.loads(v)["id"] for t, _, v, _ in pub.sent if t == "out") == ["0", "2"]
+    [(_, _, _, headers)] = [s for s in pub.sent if s[0] == "dlq"]
+    assert dict(headers)["error.reason"] == b"model_error" and dict(headers)["source.offset"] == b"1"
