@@ -53,8 +53,8 @@ from worker.settings import Settings
 log = logging.getLogger(__name__)
 
 IDLE_POLL_MS = 1000  # how long getmany waits when nothing is gathered (a stop cancels it at once)
-STOP_DRAIN_S = 30.0  # a stop waits this long for in-flight batches (Kubernetes' grace is 60 s)
-STOP_STEP_S = 10.0  # and this long each for the final commit and leaving the group
+STOP_DRAIN_S = 25.0  # a stop waits this long for in-flight batches (Kubernetes gives 60 s in ops/k8s)
+STOP_STEP_S = 5.0  # and this long each for the final commit and leaving the group
 PROBE_INTERVAL_S = 2.0  # one Metadata request per interval
 PROBE_TIMEOUT_S = 5.0  # a metadata request unanswered this long: the broker counts as unreachable
 FIRST_BACKOFF_S = 0.25
