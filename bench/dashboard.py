@@ -63,7 +63,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="dashboard-"))
     with DevBroker(free_port()) as broker:
         asyncio.run(
-            create_topics(broker.bootstrap, ["reviews", "reviews.sentiment", "reviews.dlq"], partitions=4)
+            create_topics(
+                broker.bootstrap,
+                ["reviews", "reviews.sentiment", "reviews.dlq"],
+                partitions=4,
+                replication_factor=1,
+            )
         )
         web = free_port()
         worker = subprocess.Popen(

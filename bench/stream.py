@@ -161,7 +161,7 @@ async def broker_sends(brokers: str, texts: list[str], batch: int = 256) -> floa
     from aiokafka import AIOKafkaProducer
 
     topic = f"sends-{uuid.uuid4().hex[:6]}"
-    await create_topics(brokers, [topic], partitions=4)
+    await create_topics(brokers, [topic], partitions=4, replication_factor=1)
     values = messages(texts, "s")
     producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", linger_ms=5, max_batch_size=256 * 1024)
     await producer.start()
@@ -176,7 +176,14 @@ async def broker_sends(brokers: str, texts: list[str], batch: int = 256) -> floa
 
 def run_case(case: str, brokers: str, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
     tag = f"{case}-{uuid.uuid4().hex[:6]}"
-    asyncio.run(create_topics(brokers, [f"in-{tag}", f"out-{tag}", f"dlq-{tag}"], partitions=args.partitions))
+    asyncio.run(
+        create_topics(
+            brokers,
+            [f"in-{tag}", f"out-{tag}", f"dlq-{tag}"],
+            partitions=args.partitions,
+            replication_factor=1,
+        )
+    )
     port = free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--serve", case, "--brokers", brokers, "--tag", tag,
                              "--web-port", str(port)])  # fmt: skip

@@ -9,8 +9,9 @@ commits, and leaves the group before the process exits.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import socket
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -22,13 +23,13 @@ from mode import Service
 from prometheus_client import CollectorRegistry, generate_latest
 
 from models.engine import Classifier
-from schemas.errors import ConfigError
-from worker.broker import create_topics
+from worker.broker import check_connection, create_topics, parse_topic_config
 from worker.consumer import KafkaSource
+from worker.health import Health
 from worker.lag import LagTracker
 from worker.logs import logging_config
 from worker.metrics import METRICS_CONTENT_TYPE, Metrics
-from worker.pipeline import BatchProcessor, Topics
+from worker.pipeline import BatchProcessor, Limits, Topics
 from worker.publisher import KafkaPublisher
 from worker.scheduler import BatchScheduler
 from worker.security import aiokafka_security
@@ -37,6 +38,7 @@ from worker.settings import Settings
 log = logging.getLogger(__name__)
 
 LAG_REFRESH_S = 1.0  # one ListOffsets request per refresh
+STOP_PRODUCER_S = 5.0  # at most 25 + 5 + 5 + 5 s from SIGTERM to exit when the broker is away
 
 
 class NoKafka(BootStrategy):
@@ -73,14 +75,20 @@ class KafkaService(Service):
         s = self.settings
         await create_topics(
             ",".join(s.broker_list), [s.input_topic, s.output_topic, s.dlq_topic],
-            partitions=s.partitions, replication=s.replication_factor or 1, security=aiokafka_security(s),
+            partitions=s.partitions, replication_factor=s.replication_factor,
+            configs=parse_topic_config(s.topic_config), security=aiokafka_security(s),
         )  # fmt: skip
         await self.publisher.start()
         await self.source.start()
 
     async def on_stop(self) -> None:
         await self.source.stop()  # finishes and publishes in-flight batches, commits
-        await self.publisher.stop()
+        try:  # everything was acknowledged or abandoned: only an unreachable broker can hold this
+            await asyncio.wait_for(self.publisher.stop(), timeout=STOP_PRODUCER_S)
+        except TimeoutError:
+            log.warning(
+                "the producer did not close within %.0f s (the broker does not answer)", STOP_PRODUCER_S
+            )
 
 
 def create_app(settings: Settings, classifier: Classifier, registry: CollectorRegistry) -> faust.App:
@@ -107,6 +115,7 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
     for label in info.labels:  # every label visible at 0 from the start
         metrics.results_by_label.labels(label=label)
     security = aiokafka_security(settings)
+    health = Health()
     publisher = KafkaPublisher(settings, security=security)
     # One model thread: the GPU runs one batch at a time anyway, and the event loop stays free.
     # Tokenising has its own thread, so the next batch is tokenised while the model runs.
@@ -116,7 +125,14 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
         Topics(output=settings.output_topic, dlq=settings.dlq_topic),
         metrics,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="model"),
-        max_message_bytes=settings.max_message_bytes,
+        limits=Limits(
+            max_message_bytes=settings.max_message_bytes,
+            max_headers=settings.max_headers,
+            max_header_bytes=settings.max_header_bytes,
+            dlq_max_value_bytes=settings.dlq_max_value_bytes,
+            retry_backoff_max_s=settings.retry_backoff_max_s,
+        ),
+        health=health,
     )
     scheduler = BatchScheduler(
         processor,
@@ -130,14 +146,19 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
     async def crash(exc: BaseException) -> None:
         await app.crash(exc)
 
-    source = KafkaSource(settings, scheduler, security=security, on_crash=crash)
+    source = KafkaSource(settings, scheduler, security=security, health=health, on_crash=crash)
     lag = LagTracker(source, metrics, settings.input_topic)
     scheduler.on_finished = lag.on_finished
     app.kafka = KafkaService(settings, publisher, source, loop=app.loop, beacon=app.beacon)
 
     @app.timer(LAG_REFRESH_S)
     async def refresh_lag() -> None:
-        await lag.refresh()
+        try:  # an exception escaping a faust timer crashes the app: the gauge is not worth that
+            await lag.refresh()
+        except Exception as exc:
+            log.warning("consumer lag not refreshed: %r", exc)
+
+    metrics.broker_reachable.set_function(lambda: float(health.broker_reachable))
 
     @app.page("/metrics")
     async def metrics_view(self: View, request: Request) -> Response:
@@ -145,6 +166,11 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
 
     @app.page("/healthz")
     async def healthz(self: View, request: Request) -> Response:
+        """Liveness: fails only when restarting the process is the cure, i.e. a model call hung
+        past --stuck-batch-s (a broker outage is not: the worker resumes by itself)."""
+        busy = processor.model_busy_s()
+        if busy > settings.stuck_batch_s:
+            return self.json({"status": "model call hung", "model_busy_s": round(busy, 1)}, status=503)
         return self.json({"status": "ok"})
 
     def readiness() -> dict[str, Any]:
@@ -152,8 +178,11 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
         assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in tps if tp.topic == settings.input_topic)
         oldest = scheduler.in_flight.oldest_age()
         stuck = oldest > settings.stuck_batch_s
-        ready = bool(assigned) and classifier.health() and not stuck
-        return {"ready": ready, "assigned": assigned, "oldest_batch_s": round(oldest, 3), "stuck": stuck}
+        ready = bool(assigned) and health.ok and not stuck
+        return {
+            "ready": ready, "assigned": assigned, "oldest_batch_s": round(oldest, 3), "stuck": stuck,
+            **health.report(),
+        }  # fmt: skip
 
     metrics.ready.set_function(lambda: float(readiness()["ready"]))
     for kind in ("allocated", "reserved"):
@@ -177,42 +206,56 @@ def device_memory(device: str, kind: str) -> float:
     return float(stat(torch.device(device)))
 
 
-def require_reachable(brokers: list[str], timeout_s: float = 5.0) -> None:
-    """Fail fast, with a plain message, when no bootstrap server accepts a connection."""
-    for address in brokers:
-        host, _, port = address.rpartition(":")
-        try:
-            with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
-                return
-        except (OSError, ValueError):
-            continue
-    raise ConfigError(f"cannot reach any Kafka broker in {','.join(brokers)} (is it running? see --brokers)")
+def require_reachable(
+    brokers: list[str], timeout_s: float = 5.0, *, security: Mapping[str, Any] | None = None
+) -> None:
+    """Fail fast, with a plain message, when no bootstrap server accepts a connection, or one
+    refuses the TLS/SASL settings (``security``, from ``aiokafka_security``): before the model
+    loads, not as a client's retries and a traceback after it."""
+    loop = asyncio.new_event_loop()  # not asyncio.run: that would unset the loop faust picks up later
+    try:
+        loop.run_until_complete(check_connection(brokers, security, timeout_s))
+    finally:
+        loop.close()
 
 
 def run_worker(settings: Settings) -> None:
-    """Load the model, then run the Faust worker until SIGTERM/SIGINT (blocks)."""
+    """Load the model, then run the Faust worker until SIGTERM/SIGINT (blocks).
+
+    faust installs its signal handlers only when it runs; until then (checking the broker,
+    training the default checkpoint, loading and warming up the model: seconds to minutes)
+    SIGTERM or SIGINT ends the process with exit 0 and one log line, not a kill by signal (which
+    ``--processes`` would count as a crash) or a traceback.
+    """
     from models.default import default_checkpoint
     from models.engine import load_classifier, resolve_device
+    from worker.processes import StopRequested, stop_on_signals
 
-    require_reachable(settings.broker_list)
-    checkpoint = settings.checkpoint or default_checkpoint(settings.home)
-    on_cuda = resolve_device(settings.device, settings.dtype)[0].type == "cuda"
-    classifier = load_classifier(
-        checkpoint,
-        device=settings.device,
-        dtype=settings.dtype,
-        max_batch_tokens=settings.max_batch_tokens,
-        max_batch_size=settings.batch_size,
-        compile=settings.compile == "on" or (settings.compile == "auto" and on_cuda),
-    )
-    info = classifier.info
-    log.info(
-        "model %s %s loaded from %s on %s (%s)", info.name, info.version, checkpoint, info.device, info.dtype
-    )
-    seconds = classifier.warm_up()
-    log.info("model warmed up in %.1f s", seconds)
-    (settings.home / "faust").mkdir(parents=True, exist_ok=True)
-    app = create_app(settings, classifier, CollectorRegistry())
+    parse_topic_config(settings.topic_config)  # a malformed one fails now, not after the model loads
+    try:
+        with stop_on_signals():
+            require_reachable(settings.broker_list, security=aiokafka_security(settings))
+            checkpoint = settings.checkpoint or default_checkpoint(settings.home)
+            on_cuda = resolve_device(settings.device, settings.dtype)[0].type == "cuda"
+            log.info("loading model from %s", checkpoint)
+            classifier = load_classifier(
+                checkpoint,
+                device=settings.device,
+                dtype=settings.dtype,
+                max_batch_tokens=settings.max_batch_tokens,
+                max_batch_size=settings.batch_size,
+                compile=settings.compile == "on" or (settings.compile == "auto" and on_cuda),
+            )
+            info = classifier.info
+            log.info("model %s %s loaded from %s on %s (%s)",
+                     info.name, info.version, checkpoint, info.device, info.dtype)  # fmt: skip
+            seconds = classifier.warm_up()
+            log.info("model warmed up in %.1f s", seconds)
+            (settings.home / "faust").mkdir(parents=True, exist_ok=True)
+            app = create_app(settings, classifier, CollectorRegistry())
+    except StopRequested as stop:
+        log.info("stopped while loading the model (%s)", stop)
+        return
     quiet_worker(app, settings.log_level, logging_config(settings.log_level)).execute_from_commandline()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging.config
+import os
 import sys
 import types
 import typing
@@ -76,6 +77,17 @@ def _setup_logging(level: str) -> None:
     logging.config.dictConfig(logging_config(level))
 
 
+def _warn_if_password_given(options: dict[str, Any]) -> None:
+    """A warning when ``--sasl-password`` was on the command line, which every user of the
+    machine can read (``ps``, ``/proc/PID/cmdline``) for as long as the process runs."""
+    if options.get("sasl_password") is not None:
+        logging.getLogger("worker.cli").warning(
+            "--sasl-password on the command line is visible in the process list to every user of "
+            "this machine; set %sSASL_PASSWORD instead",
+            ENV_PREFIX,
+        )
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def cli() -> None:
     """Kafka → Qwen3 sentiment worker, and the tools around it.
@@ -99,43 +111,71 @@ def worker(**options: Any) -> None:
 
     Offsets are committed only after the results of a batch are acknowledged by the broker
     (at-least-once). Serves /metrics, /healthz and /readyz on --web-port. Stops cleanly on
-    SIGTERM or Ctrl-C. --processes N runs N such workers in one consumer group.
+    SIGTERM or Ctrl-C, also while the model loads. --processes N runs N such workers in one
+    consumer group, and restarts one that dies (at most 5 restarts in 5 minutes).
+
+    --web-host is 0.0.0.0 by default because in a container the kubelet's probes and Prometheus
+    reach the pod's IP, not its loopback. On a shared host bind 127.0.0.1 (or a private
+    interface): the endpoints have no authentication. Give the SASL password in
+    SENTIMENT_SASL_PASSWORD, not --sasl-password, which the process list shows.
     """
     from worker.app import require_reachable, run_worker
+    from worker.security import aiokafka_security
 
     settings = load_settings(**options)
     _setup_logging(settings.log_level)
+    _warn_if_password_given(options)
     if settings.processes == 1:
         run_worker(settings)
         return
     from models.default import default_checkpoint
-    from worker.processes import run_processes
+    from worker.processes import StopRequested, child_env, run_processes, stop_on_signals
 
-    require_reachable(settings.broker_list)
-    checkpoint = settings.checkpoint or default_checkpoint(settings.home)  # trained once, not N times
+    require_reachable(settings.broker_list, security=aiokafka_security(settings))
+    try:
+        with stop_on_signals():
+            checkpoint = settings.checkpoint or default_checkpoint(settings.home)  # once, not N times
+    except StopRequested as stop:
+        logging.getLogger("worker.cli").info("stopped while preparing the checkpoint (%s)", stop)
+        return
     args = sys.argv[1:]
     args = args[args.index("worker") + 1 :]
+    password = settings.sasl_password.get_secret_value() if settings.sasl_password else None
     sys.exit(
-        run_processes(args, count=settings.processes, checkpoint=checkpoint, first_port=settings.web_port)
+        run_processes(
+            args,
+            count=settings.processes,
+            checkpoint=checkpoint,
+            first_port=settings.web_port,
+            env=child_env(os.environ, password),
+        )
     )
 
 
 @cli.command()
-@settings_options("port", "input_topic", "output_topic", "dlq_topic", "partitions", "log_level")
+@settings_options(
+    "port", "input_topic", "output_topic", "dlq_topic", "partitions", "topic_config", "log_level"
+)  # fmt: skip
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 def broker(host: str, **options: Any) -> None:
     """Run the embedded Kafka-compatible dev broker (tansu, in memory) until Ctrl-C.
 
-    Creates the input, output and dead-letter topics with --partitions partitions. Everything
-    is kept in memory and lost on exit: for development and tests, not production.
+    Creates the input, output and dead-letter topics with --partitions partitions (one replica:
+    it is one node) and the --topic-config configs. Everything is kept in memory and lost on
+    exit: for development and tests, not production.
     """
-    from worker.broker import DevBroker, create_topics
+    from worker.broker import DevBroker, create_topics, parse_topic_config
 
     settings = load_settings(**options)
     _setup_logging(settings.log_level)
+    configs = parse_topic_config(settings.topic_config)
     topics = [settings.input_topic, settings.output_topic, settings.dlq_topic]
     with DevBroker(settings.port, host=host) as dev:
-        asyncio.run(create_topics(dev.bootstrap, topics, partitions=settings.partitions))
+        asyncio.run(
+            create_topics(
+                dev.bootstrap, topics, partitions=settings.partitions, replication_factor=1, configs=configs
+            )
+        )
         click.echo(f"broker listening on {dev.bootstrap}; topics {', '.join(topics)} "
                    f"({settings.partitions} partitions). Ctrl-C stops it.", err=True)  # fmt: skip
         try:
@@ -170,6 +210,7 @@ def produce(file: typing.TextIO, fmt: str, **options: Any) -> None:
     from worker.clients import line_to_message, produce_values
 
     settings = load_settings(**options)
+    _warn_if_password_given(options)
     messages = [
         line_to_message(line, fmt=fmt, lineno=n)  # type: ignore[arg-type]
         for n, line in enumerate(file, 1)
@@ -197,6 +238,7 @@ def tail(limit: int | None, timeout_s: float | None, from_end: bool, **options: 
     from worker.security import aiokafka_security
 
     settings = load_settings(**options)
+    _warn_if_password_given(options)
     security = aiokafka_security(settings)
 
     async def run() -> None:

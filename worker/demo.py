@@ -60,7 +60,7 @@ def run_demo(settings: Settings, *, count: int | None, show: int) -> None:
     with DevBroker(free_port(), log_file=logs / "broker.log") as broker:
         brokers = broker.bootstrap
         asyncio.run(create_topics(brokers, [settings.input_topic, settings.output_topic, settings.dlq_topic],
-                                  partitions=settings.partitions))  # fmt: skip
+                                  partitions=settings.partitions, replication_factor=1))  # fmt: skip
         click.echo(f"• dev broker on {brokers}; starting the worker (log: {logs / 'worker.log'})…")
         web_port = free_port()
         with open(logs / "worker.log", "wb") as log_file:

@@ -2,68 +2,266 @@
 
 Kafka's group protocol does the sharing: each process is an ordinary ``sentiment worker`` with
 the same arguments, so the partitions are split among them exactly as among workers on several
-machines. This parent only starts them, gives each its own web port, forwards SIGTERM/SIGINT,
-and ends when they end: with 0 when all stopped cleanly, else with the first failure's code
-(after asking the others to stop, so each finishes and commits its batch in hand).
+machines. This parent only starts them, gives each its own web port, restarts one that dies
+(a crash, an OOM kill) so the machine keeps its share of the work, forwards SIGTERM/SIGINT, and
+ends when they end: with 0 when all stopped cleanly, else with the failing code (after asking
+the others to stop, so each finishes and commits its batch in hand).
+
+Also the signal handling of a worker's loading phase (:func:`stop_on_signals`), before faust
+installs its own handlers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
+
+from worker.settings import ENV_PREFIX
 
 log = logging.getLogger(__name__)
 
+PASSWORD_OPTION = "--sasl-password"
+PASSWORD_ENV = f"{ENV_PREFIX}SASL_PASSWORD"
+RESTART_LIMIT = 5  # restarts allowed (all children together) ...
+RESTART_WINDOW_S = 300.0  # ... within this many seconds; one more and the parent gives up
+BACKOFF_S = 1.0  # the first restart's delay, doubled for each restart in the window
+POLL_S = 0.2
+
+
+def without_password(args: Sequence[str]) -> list[str]:
+    """``args`` less ``--sasl-password VALUE`` and ``--sasl-password=VALUE``.
+
+    Any user of the machine can read a process's command line (``ps``, ``/proc/PID/cmdline``);
+    the children get the password in their environment instead (:func:`child_env`).
+    """
+    kept: list[str] = []
+    skip_value = False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+        elif arg == PASSWORD_OPTION:
+            skip_value = True
+        elif not arg.startswith(f"{PASSWORD_OPTION}="):
+            kept.append(arg)
+    return kept
+
+
+def child_env(environ: Mapping[str, str], password: str | None) -> dict[str, str]:
+    """The children's environment: ours, with the SASL password (however it was given) in
+    ``SENTIMENT_SASL_PASSWORD``, readable only by the same user."""
+    env = dict(environ)
+    if password is not None:
+        env[PASSWORD_ENV] = password
+    return env
+
 
 def child_command(args: Sequence[str], *, checkpoint: Path, web_port: int) -> list[str]:
-    """The parent's own ``worker`` arguments with one process, its port and a resolved checkpoint.
+    """The parent's own ``worker`` arguments, without the password, with one process, its port
+    and a resolved checkpoint.
 
     Later options win in click, so appending overrides what ``args`` said.
     """
     return [
-        sys.executable, "-m", "worker", "worker", *args,
+        sys.executable, "-m", "worker", "worker", *without_password(args),
         "--processes", "1", "--web-port", str(web_port), "--checkpoint", str(checkpoint),
     ]  # fmt: skip
 
 
-def run_processes(args: Sequence[str], *, count: int, checkpoint: Path, first_port: int) -> int:
-    """Start ``count`` workers and supervise them until all have exited; the exit code."""
-    children = [
-        subprocess.Popen(child_command(args, checkpoint=checkpoint, web_port=first_port + i))
+class Child(Protocol):
+    """What the supervisor needs of a process (``subprocess.Popen``; a fake in the tests)."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with {code}"
+
+
+def shell_code(code: int) -> int:
+    """A child's return code as a process exit status: killed by signal N is 128 + N."""
+    return 128 - code if code < 0 else code
+
+
+@dataclass
+class Slot:
+    """One worker's place: the same command (and web port) across restarts."""
+
+    command: list[str]
+    port: int
+    process: Child | None = None
+    restart_at: float | None = None  # a restart is due at this time
+
+
+class Supervisor:
+    """Starts the children, restarts the ones that die, and stops them all on request.
+
+    A child that dies (non-zero exit, killed by a signal) while the parent is not stopping is
+    started again with the same command after a backoff (1 s, doubled for each recent restart),
+    up to :data:`RESTART_LIMIT` restarts within :data:`RESTART_WINDOW_S` for all children
+    together: a machine that kills its workers faster than that (bad GPU, memory) is not helped
+    by more restarts, so past the limit the others are stopped and the parent exits with the
+    failing code. A child that exits 0 by itself (someone sent it SIGTERM) is not restarted.
+    Driven by :meth:`step`, so the policy is tested with fake children and a fake clock.
+    """
+
+    def __init__(
+        self,
+        slots: Sequence[Slot],
+        spawn: Callable[[list[str]], Child],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        limit: int = RESTART_LIMIT,
+        window_s: float = RESTART_WINDOW_S,
+        backoff_s: float = BACKOFF_S,
+    ) -> None:
+        self.slots = list(slots)
+        self.spawn, self.clock = spawn, clock
+        self.limit, self.window_s, self.backoff_s = limit, window_s, backoff_s
+        self.restarts: deque[float] = deque()  # times of recent restarts
+        self.stop_requested = False  # set by the signal handler, acted on by step()
+        self.stopping = False
+        self.code = 0  # the first failure that ends the parent, as a Popen return code
+
+    def start(self) -> None:
+        for slot in self.slots:
+            slot.process = self.spawn(slot.command)
+        pids = ", ".join(str(s.process.pid) for s in self.slots if s.process is not None)
+        log.info("started %d worker processes (pids %s)", len(self.slots), pids)
+
+    def request_stop(self) -> None:
+        """Safe from a signal handler: only sets a flag, :meth:`step` sends the SIGTERMs."""
+        self.stop_requested = True
+
+    def step(self) -> bool:
+        """Reap exited children, start due restarts, act on a stop request; True while any child
+        is running or due to be restarted."""
+        if self.stop_requested and not self.stopping:
+            self.stop_all()
+        now = self.clock()
+        for slot in self.slots:
+            if slot.process is not None:
+                code = slot.process.poll()
+                if code is not None:
+                    pid, slot.process = slot.process.pid, None
+                    self.exited(slot, pid, code, now)
+            elif slot.restart_at is not None and now >= slot.restart_at:
+                slot.restart_at = None
+                slot.process = self.spawn(slot.command)
+                log.info("worker process on port %d restarted (pid %d)", slot.port, slot.process.pid)
+        return any(s.process is not None or s.restart_at is not None for s in self.slots)
+
+    def exited(self, slot: Slot, pid: int, code: int, now: float) -> None:
+        what = f"worker process {pid} (port {slot.port}) {describe_exit(code)}"
+        if code == 0:
+            log.log(logging.INFO if self.stopping else logging.WARNING, "%s", what)
+            return
+        if self.stopping:
+            log.error("%s while stopping", what)
+            self.code = self.code or code
+            return
+        while self.restarts and now - self.restarts[0] >= self.window_s:
+            self.restarts.popleft()
+        if len(self.restarts) >= self.limit:
+            log.error("%s; %d restarts within %.0f s already: stopping the others",
+                      what, len(self.restarts), self.window_s)  # fmt: skip
+            self.code = code
+            self.stop_all()
+            return
+        delay = self.backoff_s * 2 ** len(self.restarts)
+        self.restarts.append(now)
+        slot.restart_at = now + delay
+        log.warning("%s; restarting it in %.0f s (restart %d of %d within %.0f s)",
+                    what, delay, len(self.restarts), self.limit, self.window_s)  # fmt: skip
+
+    def stop_all(self) -> None:
+        """SIGTERM to every running child (each finishes its batch and commits); no more restarts."""
+        self.stopping = True
+        for slot in self.slots:
+            slot.restart_at = None
+            if slot.process is not None and slot.process.poll() is None:
+                slot.process.send_signal(signal.SIGTERM)
+
+    @property
+    def exit_code(self) -> int:
+        return shell_code(self.code)
+
+
+def run_processes(
+    args: Sequence[str],
+    *,
+    count: int,
+    checkpoint: Path,
+    first_port: int,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """Start ``count`` workers and supervise them until all have exited; the exit code.
+
+    ``env``: the children's environment (:func:`child_env`); ours when None.
+    """
+    slots = [
+        Slot(child_command(args, checkpoint=checkpoint, web_port=first_port + i), first_port + i)
         for i in range(count)
     ]
-    log.info("started %d worker processes (pids %s)", count, ", ".join(str(c.pid) for c in children))
-    stopping = False
+    environ = dict(env) if env is not None else dict(os.environ)
 
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+    def spawn(command: list[str]) -> Child:
+        return subprocess.Popen(command, env=environ)
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    code = 0
+    supervisor = Supervisor(slots, spawn)
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        supervisor.request_stop()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while any(c.poll() is None for c in children):
-            for child in children:
-                rc = child.poll()
-                if rc not in (None, 0) and code == 0:
-                    code = rc
-                    if not stopping:
-                        log.error("worker process %d exited with %d; stopping the others", child.pid, rc)
-                        stop(signal.SIGTERM, None)
-            time.sleep(0.2)
+        supervisor.start()
+        while supervisor.step():
+            time.sleep(POLL_S)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    for child in children:
-        if child.returncode not in (0, None) and code == 0:
-            code = child.returncode
-    return 128 - code if code < 0 else code  # killed by signal N: the shell's 128 + N
+    return supervisor.exit_code
+
+
+class StopRequested(BaseException):
+    """SIGTERM or SIGINT arrived during :func:`stop_on_signals` (a BaseException, like
+    KeyboardInterrupt, so no ``except Exception`` in the loading code swallows it)."""
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Inside the block, SIGTERM and SIGINT raise :class:`StopRequested`; the previous handlers
+    are restored on the way out.
+
+    For a worker loading its model: faust installs its handlers only when it runs, and until
+    then SIGTERM would kill the process (exit -15, which a supervisor counts as a crash) and
+    SIGINT would print a traceback, where a stop request should just end the process with 0.
+    """
+
+    def raise_stop(signum: int, _frame: FrameType | None) -> None:
+        raise StopRequested(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, raise_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -39,9 +39,9 @@ class Settings(BaseSettings):
     replication_factor: int | None = Field(
         default=None,
         ge=1,
-        description="Replication factor for topics this program creates. Default: the broker's own "
-        "default.replication.factor (Kafka's CreateTopics -1), so a production cluster's setting "
-        "applies; a broker too old to take -1 gets 1.",
+        description="Replication factor for topics this program creates. Default: the cluster's own "
+        "default.replication.factor (read with DescribeConfigs), so a production cluster's setting "
+        "applies; 1, with a warning, where the cluster does not say.",
     )
     topic_config: str | None = Field(
         default=None,

@@ -1,20 +1,25 @@
-"""`sentiment worker --processes 2`: two consumers in one group share the partitions."""
+"""`sentiment worker --processes 2`: two consumers in one group share the partitions; a child
+that dies is restarted and nothing is lost."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
 import signal
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 import pytest
 
 from models.reviews import sample_reviews
-from tests.integration.conftest import WorkerFactory
+from tests.integration.conftest import WorkerFactory, result_counts
 from worker.broker import create_topics
 from worker.clients import consume, produce_values
 
@@ -30,6 +35,44 @@ def get(port: int, path: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
     except OSError:
         return 0, ""
+
+
+def children_of(pid: int) -> list[int]:
+    """The pids of ``pid``'s child processes (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:  # the field after state
+                found.append(int(stat.parent.name))
+    return found
+
+
+def cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+
+
+def child_on_port(parent: int, port: int) -> int | None:
+    """The pid of ``parent``'s worker child serving ``port``, if there is one now."""
+    for pid in children_of(parent):
+        with contextlib.suppress(OSError, ValueError):  # gone, or a zombie (no command line)
+            args = cmdline(pid)
+            last = len(args) - 1 - args[::-1].index("--web-port")  # the one the parent appended
+            if args[last + 1 : last + 2] == [str(port)]:
+                return pid
+    return None
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        time.sleep(0.05)
+
+
+def messages_out(port: int) -> float:
+    _, text = get(port, "/metrics")
+    match = re.search(r"^sentiment_messages_out_total (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
 
 
 def test_two_processes_split_the_partitions_and_answer_each_input_once(
@@ -83,3 +126,41 @@ def test_two_processes_split_the_partitions_and_answer_each_input_once(
     parent.send_signal(signal.SIGTERM)
     assert parent.wait(timeout=60) == 0
     assert all(get(p, "/healthz")[0] == 0 for p in ports), "both children stopped"
+
+
+def test_a_child_killed_mid_stream_is_restarted_and_every_input_gets_a_result(
+    broker: str, topics: dict[str, str], start_worker: WorkerFactory
+) -> None:
+    n = 3000
+    asyncio.run(
+        create_topics(broker, [topics["input"], topics["output"], topics["dlq"]], partitions=PARTITIONS)
+    )
+    parent = start_worker("--processes", "2", "--batch-size", "8", "--max-in-flight", "1")
+    ports = [parent.web_port, parent.web_port + 1]  # type: ignore[attr-defined]
+    wait_until(lambda: all(get(p, "/readyz")[0] == 200 for p in ports), 90, "both children ready")
+    victim = child_on_port(parent.pid, ports[1])
+    assert victim is not None
+
+    reviews = sample_reviews(200, seed=5)
+    messages = [
+        (f"k{i}".encode(), orjson.dumps({"id": f"q{i}", "text": reviews[i % 200].text})) for i in range(n)
+    ]
+    asyncio.run(produce_values(broker, topics["input"], messages))
+    wait_until(lambda: messages_out(ports[1]) > 0, 60, "the victim publishes")
+    served_at_kill = messages_out(ports[0]) + messages_out(ports[1])
+    os.kill(victim, signal.SIGKILL)
+
+    def restarted() -> bool:
+        pid = child_on_port(parent.pid, ports[1])
+        return pid not in (None, victim) and get(ports[1], "/healthz")[0] == 200
+
+    wait_until(restarted, 90, "the child on the second port is back")
+    assert parent.poll() is None, "the parent keeps running"
+    counts = result_counts(broker, topics["output"], n, timeout_s=180)
+    assert set(counts) == {f"q{i}" for i in range(n)}, f"{n - len(counts)} inputs without a result"
+    assert served_at_kill < n, "the kill came mid-stream"
+    log = parent.log.read_text()  # type: ignore[attr-defined]
+    assert re.search(rf"worker process {victim} \(port {ports[1]}\) was killed by SIGKILL; restarting", log)
+
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=60) == 0

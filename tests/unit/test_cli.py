@@ -32,6 +32,14 @@ def test_every_subcommand_has_help_naming_its_env_vars(name: str) -> None:
         assert "SENTIMENT_" in result.output
 
 
+def test_worker_help_explains_the_bind_address_and_where_the_password_goes() -> None:
+    text = " ".join(CliRunner().invoke(cli, ["worker", "--help"]).output.split())
+    assert "kubelet's probes and Prometheus reach the pod's IP" in text
+    assert "On a shared host bind 127.0.0.1" in text
+    assert "SENTIMENT_SASL_PASSWORD, not --sasl-password" in text
+    assert "--replication-factor" in text and "--topic-config" in text
+
+
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "worker", *args], capture_output=True, text=True, timeout=120, env=env

@@ -165,3 +165,19 @@ def test_kubernetes_manifests_agree_with_the_worker() -> None:
     )
     assert docs["servicemonitor"]["spec"]["endpoints"][0]["path"] == "/metrics"
     assert docs["service"]["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"]
+    [password] = [e for e in container["env"] if e["name"] == "SENTIMENT_SASL_PASSWORD"]
+    assert "secretKeyRef" in password["valueFrom"], "the password comes from a Secret"
+
+
+def test_no_password_in_arguments_and_no_setting_under_its_old_name() -> None:
+    files = [*DOCKER.glob("compose*.yaml"), *(OPS / "k8s").glob("*.yaml")]
+    for path in files:
+        text = path.read_text()
+        assert not re.search(r"SENTIMENT_REPLICATION\b|--replication\b(?!-factor)", text), path.name
+        for doc in yaml.safe_load_all(text):
+            containers = [*doc.get("services", {}).values()]
+            if doc.get("kind") == "Deployment":
+                containers += doc["spec"]["template"]["spec"]["containers"]
+            for container in containers:
+                words = [str(w) for w in [*container.get("command", []), *container.get("args", [])]]
+                assert not any("--sasl-password" in w for w in words), path.name

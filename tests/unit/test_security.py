@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import certifi
 import pytest
@@ -63,3 +65,63 @@ def test_client_certificate(tmp_path: Path) -> None:
     )  # fmt: skip
     kwargs = aiokafka_security(load_settings(ssl_certfile=cert, ssl_keyfile=key))
     assert kwargs["security_protocol"] == "SSL" and isinstance(kwargs["ssl_context"], ssl.SSLContext)
+
+
+def check(monkeypatch: pytest.MonkeyPatch, error: BaseException | None, **settings: Any) -> list[dict]:
+    """``check_connection`` with the settings' security, against a fake ``create_conn``."""
+    from worker import broker
+
+    calls: list[dict] = []
+
+    class Conn:
+        def close(self) -> None:
+            calls.append({"closed": True})
+
+    async def create_conn(host: str, port: int, **kwargs: Any) -> Conn:
+        calls.append({"address": f"{host}:{port}", **kwargs})
+        if error is not None:
+            raise error
+        return Conn()
+
+    monkeypatch.setattr(broker, "create_conn", create_conn)
+    security = aiokafka_security(load_settings(**settings))
+    asyncio.run(broker.check_connection(["k1:9092"], security, timeout_s=1))
+    return calls
+
+
+def test_the_connection_check_logs_in_as_the_clients_will(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = check(monkeypatch, None, sasl_mechanism="PLAIN", sasl_username="svc", sasl_password="pw")
+    assert calls[0]["address"] == "k1:9092" and calls[-1] == {"closed": True}
+    assert (calls[0]["security_protocol"], calls[0]["sasl_plain_password"]) == ("SASL_PLAINTEXT", "pw")
+
+
+def test_a_refused_login_is_a_broker_error_naming_the_mechanism(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiokafka.errors import SaslAuthenticationFailed
+
+    from worker.broker import BrokerError
+
+    with pytest.raises(BrokerError) as info:
+        check(monkeypatch, SaslAuthenticationFailed("bad credentials"),
+              sasl_mechanism="SCRAM-SHA-512", sasl_username="svc", sasl_password="s3cret-pw")  # fmt: skip
+    message = str(info.value)
+    assert message.startswith("k1:9092 refused the connection (--sasl-mechanism SCRAM-SHA-512): ")
+    assert "SaslAuthenticationFailed" in message and "s3cret-pw" not in message
+
+
+def test_a_failed_tls_handshake_is_a_broker_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.broker import BrokerError
+
+    error = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    with pytest.raises(BrokerError, match=r"^TLS handshake with k1:9092 failed: "):
+        check(monkeypatch, error, ssl_cafile=certifi.where())
+
+
+@pytest.mark.parametrize(("error", "reason"), [
+    (ConnectionRefusedError(111, "Connection refused"), "k1:9092: Connection refused"),
+    (TimeoutError(), "k1:9092: no answer within 1 s"),
+])  # fmt: skip
+def test_no_answer_is_a_config_error_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch, error: BaseException, reason: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"^cannot reach any Kafka broker in k1:9092 \\({reason}; "):
+        check(monkeypatch, error)

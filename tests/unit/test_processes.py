@@ -1,0 +1,222 @@
+"""The ``--processes`` supervisor's policy (fake children, fake clock), the password kept off
+the children's command lines, and the loading phase's signal handling."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from worker.processes import (
+    PASSWORD_ENV,
+    Slot,
+    StopRequested,
+    Supervisor,
+    child_command,
+    child_env,
+    stop_on_signals,
+    without_password,
+)
+
+SECRET = "pw-canary-7f3a"
+
+
+@pytest.mark.parametrize("args", [
+    ["--sasl-mechanism", "PLAIN", "--sasl-password", SECRET, "--batch-size", "8"],
+    ["--sasl-mechanism", "PLAIN", f"--sasl-password={SECRET}", "--batch-size", "8"],
+    ["--sasl-password", SECRET, "--sasl-mechanism", "PLAIN", "--sasl-password", SECRET, "--batch-size", "8"],
+])  # fmt: skip
+def test_the_password_is_stripped_from_the_childrens_arguments(args: list[str]) -> None:
+    assert without_password(args) == ["--sasl-mechanism", "PLAIN", "--batch-size", "8"]
+    command = child_command(args, checkpoint=Path("/ckpt"), web_port=7001)
+    assert not any(SECRET in arg for arg in command)
+    assert command[:4] == [sys.executable, "-m", "worker", "worker"]
+    assert command[-6:] == ["--processes", "1", "--web-port", "7001", "--checkpoint", "/ckpt"]
+
+
+def test_arguments_without_a_password_pass_unchanged() -> None:
+    args = ["--sasl-username", "--sasl-password-file", "--batch-size=8"]  # look-alikes stay
+    assert without_password(args) == args
+
+
+def test_the_children_get_the_password_in_their_environment() -> None:
+    parent = {"PATH": "/usr/bin", PASSWORD_ENV: "from-the-environment"}
+    assert child_env(parent, SECRET) == {"PATH": "/usr/bin", PASSWORD_ENV: SECRET}
+    assert child_env(parent, None) == parent
+    assert child_env({"PATH": "/usr/bin"}, None) == {"PATH": "/usr/bin"}
+    assert parent[PASSWORD_ENV] == "from-the-environment", "the parent's mapping is not changed"
+
+
+class FakeChild:
+    """A process whose exit the test decides."""
+
+    pids = iter(range(1000, 10_000))
+
+    def __init__(self, command: list[str]) -> None:
+        self.command = command
+        self.pid = next(self.pids)
+        self.returncode: int | None = None
+        self.signals: list[int] = []
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        self.signals.append(sig)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Harness:
+    """A supervisor of two fake children on ports 7000 and 7001."""
+
+    def __init__(self, **kwargs: float) -> None:
+        self.clock = Clock()
+        self.spawned: list[FakeChild] = []
+        slots = [Slot(["worker", f"--web-port={p}"], p) for p in (7000, 7001)]
+        self.supervisor = Supervisor(slots, self.spawn, clock=self.clock, **kwargs)  # type: ignore[arg-type]
+        self.supervisor.start()
+
+    def spawn(self, command: list[str]) -> FakeChild:
+        child = FakeChild(command)
+        self.spawned.append(child)
+        return child
+
+    def running(self, port: int) -> FakeChild:
+        [slot] = [s for s in self.supervisor.slots if s.port == port]
+        assert isinstance(slot.process, FakeChild)
+        return slot.process
+
+    def after(self, seconds: float) -> bool:
+        self.clock.now += seconds
+        return self.supervisor.step()
+
+
+def test_a_child_killed_by_a_signal_is_restarted_with_the_same_command_after_a_backoff(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness()
+    first = h.running(7001)
+    first.returncode = -signal.SIGKILL
+    with caplog.at_level(logging.INFO, logger="worker.processes"):
+        assert h.after(0.2)
+        assert h.running(7000) is h.spawned[0] and len(h.spawned) == 2, "not yet: backing off"
+        assert h.after(1.0)
+    restarted = h.running(7001)
+    assert restarted is not first and restarted.command == first.command
+    assert not h.spawned[0].signals, "the other child is left alone"
+    messages = [r.getMessage() for r in caplog.records if "7001" in r.getMessage()]
+    assert messages[0].startswith(f"worker process {first.pid} (port 7001) was killed by SIGKILL; restarting")
+    assert messages[1] == f"worker process on port 7001 restarted (pid {restarted.pid})"
+
+
+def test_a_non_zero_exit_is_restarted_and_the_backoff_doubles() -> None:
+    h = Harness()
+    delays = []
+    for _ in range(3):
+        h.running(7000).returncode = 1
+        h.after(0)
+        start = h.clock.now
+        while h.supervisor.slots[0].process is None:
+            h.after(0.25)
+        delays.append(h.clock.now - start)
+    assert delays == [1.0, 2.0, 4.0]
+
+
+def test_past_five_restarts_within_the_window_the_others_are_stopped_and_the_code_is_the_failure() -> None:
+    h = Harness()
+    for _ in range(5):
+        h.running(7000).returncode = 3
+        h.after(0)
+        h.after(20)  # more than any backoff (1, 2, 4, 8, 16 s): restarted
+    assert len(h.spawned) == 7
+    h.running(7000).returncode = 3  # the sixth failure within 300 s
+    assert h.after(0), "the other child is still finishing its batch"
+    other = h.running(7001)
+    assert other.signals == [signal.SIGTERM]
+    assert h.supervisor.slots[0].process is None and h.supervisor.slots[0].restart_at is None
+    other.returncode = 0
+    assert not h.after(0.2)
+    assert h.supervisor.exit_code == 3 and len(h.spawned) == 7
+
+
+def test_restarts_older_than_the_window_do_not_count() -> None:
+    h = Harness()
+    for _ in range(12):
+        h.running(7000).returncode = -signal.SIGKILL
+        h.after(0)
+        h.after(61)  # a crash a minute: five per 300 s at most
+        assert h.supervisor.slots[0].process is not None, "restarted"
+    assert not h.supervisor.stopping and h.supervisor.exit_code == 0
+
+
+def test_the_limit_counts_all_children_together() -> None:
+    h = Harness(limit=2)
+    for port in (7000, 7001):
+        h.running(port).returncode = 1
+        h.after(0)
+        h.after(10)
+    h.running(7000).returncode = -signal.SIGKILL
+    h.after(0)
+    assert h.supervisor.stopping and h.supervisor.exit_code == 128 + signal.SIGKILL
+
+
+def test_a_stop_request_terminates_all_and_a_clean_stop_exits_0() -> None:
+    h = Harness()
+    h.supervisor.request_stop()  # what the SIGTERM/SIGINT handler does
+    assert [c.signals for c in h.spawned] == [[], []], "the handler itself sends nothing"
+    assert h.after(0)
+    assert [c.signals for c in h.spawned] == [[signal.SIGTERM], [signal.SIGTERM]]
+    for child in h.spawned:
+        child.returncode = 0
+    assert not h.after(0.2)
+    assert h.supervisor.exit_code == 0
+
+
+def test_a_child_dying_while_stopping_is_not_restarted_and_sets_the_code() -> None:
+    h = Harness()
+    h.supervisor.request_stop()
+    h.after(0)
+    h.spawned[0].returncode = -signal.SIGKILL
+    h.spawned[1].returncode = 0
+    assert not h.after(5)
+    assert len(h.spawned) == 2 and h.supervisor.exit_code == 128 + signal.SIGKILL
+
+
+def test_a_stop_request_cancels_a_pending_restart() -> None:
+    h = Harness()
+    h.running(7000).returncode = 1
+    h.after(0)
+    h.supervisor.request_stop()
+    h.running(7001).returncode = 0
+    assert not h.after(0)
+    assert len(h.spawned) == 2 and h.supervisor.exit_code == 0
+
+
+def test_a_child_that_stops_cleanly_by_itself_is_not_restarted() -> None:
+    h = Harness()
+    h.running(7000).returncode = 0  # someone sent it SIGTERM
+    assert h.after(10) and len(h.spawned) == 2
+    h.running(7001).returncode = 0
+    assert not h.after(0.2) and h.supervisor.exit_code == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signals_while_loading_raise_stop_requested_and_the_handlers_come_back(sig: int) -> None:
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    with pytest.raises(StopRequested, match=signal.Signals(sig).name), stop_on_signals():
+        os.kill(os.getpid(), sig)
+        time.sleep(5)  # interrupted: the handler raises in the main thread
+        pytest.fail("the signal did not stop the block")
+    assert {s: signal.getsignal(s) for s in before} == before
