@@ -80,3 +80,47 @@ def test_a_call_larger_than_one_record_batch_is_split_and_fully_acknowledged(
     assert len({id(f) for f in futures}) >= 3, "several record batches, each with its acknowledgement"
     got = asyncio.run(read_all(broker, topic, n))
     assert [int(v.rstrip(b".")) for _, _, v, _ in got] == list(range(n)), "all delivered, in order"
+
+
+def test_records_stay_under_the_topics_max_message_bytes_read_from_the_broker(
+    broker: str, topics: dict[str, str]
+) -> None:
+    """The limit is read with DescribeConfigs at start: every record batch sent stays under it, and
+    a record alone over it fails at once as the broker would (the dev broker does not enforce it)."""
+    from aiokafka.errors import MessageSizeTooLargeError
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    topic, limit = topics["output"], 2000
+
+    async def scenario() -> tuple[list[Any], list[int], dict[str, int]]:
+        await create_topics(
+            broker, [topic], partitions=1, replication_factor=1, configs={"max.message.bytes": str(limit)}
+        )
+        settings = load_settings(brokers=broker, output_topic=topic, dlq_topic=topics["dlq"])
+        publisher = KafkaPublisher(settings, security={})
+        await publisher.start()
+        try:
+            sizes: list[int] = []
+            real_send = publisher.producer.send_batch  # type: ignore[union-attr]
+
+            async def send_batch(batch: Any, *args: Any, **kwargs: Any) -> Any:
+                sizes.append(batch.size())
+                return await real_send(batch, *args, **kwargs)
+
+            publisher.producer.send_batch = send_batch  # type: ignore[union-attr,method-assign]
+            messages = [(b"k", b"x" * 300, []) for _ in range(20)] + [(b"k", b"y" * 3000, [])]
+            futures = await publisher.send_many(topic, messages)
+            outcomes = await asyncio.gather(*futures, return_exceptions=True)
+            return outcomes, sizes, dict(publisher.limits)
+        finally:
+            await publisher.stop()
+
+    outcomes, sizes, limits = asyncio.run(scenario())
+    assert limits[topic] == limit
+    assert all(not isinstance(o, BaseException) for o in outcomes[:20])
+    assert isinstance(outcomes[20], MessageSizeTooLargeError)
+    assert len(sizes) >= 4 and max(sizes) <= limit, sizes  # 20 × ~330 bytes in batches under 2000
+    one = DefaultRecordBatchBuilder.estimate_size_in_bytes(b"k", b"x" * 300, [])
+    assert one < limit
+    got = asyncio.run(read_all(broker, topic, 20))
+    assert len(got) == 20 and all(v == b"x" * 300 for _, _, v, _ in got)
