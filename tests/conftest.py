@@ -11,6 +11,21 @@ import pytest
 from models.tiny import build_tiny_checkpoint
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Sizes for the fault-injection suite (tests/faults): quick by default, so CI can run it."""
+    group = parser.getgroup("faults", "fault injection (tests/faults)")
+    group.addoption("--long", action="store_true", help="long sizes: more kills, longer outages")
+    group.addoption("--quick", action="store_true", help="quick sizes (the default)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "faults: fault injection against the real dev broker and worker processes (tests/faults)"
+    )
+    if config.getoption("long") and config.getoption("quick"):
+        raise pytest.UsageError("--long and --quick exclude each other")
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where the converted Qwen tokenizer is cached for the whole session."""

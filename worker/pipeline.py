@@ -43,6 +43,7 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     RecordTooLargeError,
 )
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from models.batching import padding_fraction
 from models.engine import Classifier, Prediction, Tokenised
@@ -65,6 +66,14 @@ log = logging.getLogger(__name__)
 
 
 TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+
+
+def record_size(message: Outgoing) -> int:
+    """Kafka's upper bound on the bytes of ``message`` alone in a record batch."""
+    key, value, headers = message
+    return int(DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers))
+
+
 FIRST_BACKOFF_S = 0.25
 
 
@@ -96,6 +105,10 @@ Outgoing = tuple[bytes | None, bytes, Headers]  # key, value, headers
 class Publisher(Protocol):
     async def send_many(self, topic: str, messages: Sequence[Outgoing]) -> list[Awaitable[Any]]:
         """Queue ``messages`` for ``topic``; one future per message (messages may share one)."""
+        ...
+
+    def limit(self, topic: str) -> int:
+        """The largest record (batch) ``topic`` takes, in bytes, as far as the publisher knows."""
         ...
 
 
@@ -290,11 +303,18 @@ class BatchProcessor:
                 "dead-lettering %s[%d]@%d: %s: %s", rec.topic, rec.partition, rec.offset, exc.reason, exc,
                 extra=where(rec.topic, rec.partition, rec.offset),
             )  # fmt: skip
-        message = dead_letter(
-            exc, topic=rec.topic, partition=rec.partition, offset=rec.offset, key=rec.key,
-            value=rec.value, headers=[] if bare else rec.headers,
-            max_value_bytes=0 if bare else self.limits.dlq_max_value_bytes,
-        )  # fmt: skip
+
+        def build(max_value_bytes: int) -> Outgoing:
+            return dead_letter(
+                exc, topic=rec.topic, partition=rec.partition, offset=rec.offset, key=rec.key,
+                value=rec.value, headers=[] if bare else rec.headers, max_value_bytes=max_value_bytes,
+            )  # fmt: skip
+
+        message = build(0 if bare else self.limits.dlq_max_value_bytes)
+        limit = self.publisher.limit(self.topics.dlq)
+        while not bare and message[1] and record_size(message) > limit:
+            # keep the longest prefix the dead-letter topic takes (a header may grow a byte: loop)
+            message = build(max(0, len(message[1]) - (record_size(message) - limit)))
         return Delivery(self.topics.dlq, message, self._on_dead(exc), rec, dead=exc, alone=bare, bare=bare)
 
     def _on_result(self, ts_in: int, label: str, truncated: bool) -> Callable[[], None]:
@@ -372,7 +392,7 @@ class BatchProcessor:
         if not item.alone:  # it may be its record batch that was too large: try it on its own
             item.alone = True
             return item
-        size = sum(len(p or b"") for p in item.message[:2]) + sum(len(v or b"") for _, v in item.message[2])
+        size = record_size(item.message)
         if item.dead is None:
             error = ResultTooLargeError(f"a result of {size} bytes is too large for {item.topic}: {exc}")
             return self._dead_letter(item.record, error)

@@ -73,6 +73,10 @@ class FakePublisher:
         self.limits = limits or {}
         self.calls = 0
 
+    def limit(self, topic: str) -> int:
+        """What the publisher would have read from the broker: none known here, so no cut."""
+        return 1 << 30
+
     async def send_many(self, topic: str, messages: Sequence[Outgoing]) -> list[Awaitable[Any]]:
         """One shared future for the call, as the real publisher has one per partition."""
         self.calls += 1

@@ -186,3 +186,21 @@ def test_a_broken_device_stops_the_batch_instead_of_dead_lettering_it() -> None:
     [(_, exc)] = run.fatal
     assert isinstance(exc, ModelBroken) and run.acked == [] and pub.sent == []
     assert proc.health.report()["model"] == "broken" and not proc.health.ok
+
+
+def test_a_dead_letter_keeps_the_longest_prefix_its_known_topic_limit_takes() -> None:
+    """The publisher knows the dead-letter topic's max.message.bytes: the value is cut to fit it,
+    and the original headers stay (no refusal, no bare resend)."""
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    value = b"{not json " + b"z" * 5000
+    pub = FakePublisher(limits={"dlq": 1000})
+    pub.limit = lambda topic: 1000 if topic == "dlq" else 1 << 30  # type: ignore[method-assign]
+    proc, _ = make(pub, CollectorRegistry(), max_message_bytes=10_000)
+    run = handle(proc, [record(0, value)])
+    assert run.acked == [0] and not run.fatal
+    [(_, key, kept, headers)] = [s for s in pub.sent if s[0] == "dlq"]
+    h = dict(headers)
+    assert h["h"] == b"v" and h["original.truncated"] == b"true"
+    assert len(kept) > 500 and value.startswith(kept)
+    assert DefaultRecordBatchBuilder.estimate_size_in_bytes(key, kept, headers) <= 1000

@@ -1,0 +1,123 @@
+"""The real ``sentiment worker`` CLI, with faults injected into the model's forward pass.
+
+    python -m tests.faults.fault_worker [FAULTS] -- [sentiment worker options]
+
+``models.engine.load_classifier`` is patched so the engine it returns has its ``forward``
+wrapped: every model call goes through ``forward``, including the engine's own split-on-OOM
+retries and its health probe, so the faults reach exactly the code paths a real device fault
+would. Everything else (CLI, settings, app, Kafka) is the code under test, unchanged.
+
+The stream's faults are armed once ``warm_up`` has returned, so ``--hang-at N`` and
+``--broken-after N`` count the model calls made for the stream (and health probes), not the
+warm-up's. With ``--processes N`` the children are plain ``sentiment worker`` processes: the
+faults apply to this process only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+ILLEGAL_ACCESS = "CUDA error: an illegal memory access was encountered"
+
+
+def parse_faults(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="fault_worker", description=__doc__)
+    parser.add_argument("--delay-s", type=float, default=0.0, help="sleep per forward call (saturation)")
+    parser.add_argument("--load-delay-s", type=float, default=0.0, help="sleep inside model loading")
+    parser.add_argument("--oom-over", type=int, default=None, help="CUDA OOM when a call gets > K texts")
+    parser.add_argument("--fail-marker", default=None, help="RuntimeError when a text contains this")
+    parser.add_argument("--broken-after", type=int, default=None, help="every call after the Nth fails")
+    parser.add_argument("--hang-s", type=float, default=0.0, help="how long the --hang-at call sleeps")
+    parser.add_argument("--hang-at", type=int, default=None, help="the Nth call sleeps --hang-s")
+    return parser.parse_args(list(argv))
+
+
+def say(message: str) -> None:
+    """A line in the worker's log (its stderr goes there) that the tests wait for."""
+    print(f"fault_worker: {message}", file=sys.stderr, flush=True)
+
+
+class Faults:
+    """The faulty ``forward`` and the count of calls it has seen since arming."""
+
+    def __init__(self, opts: argparse.Namespace) -> None:
+        self.opts = opts
+        self.calls = 0
+        self.armed = False
+        self.lock = threading.Lock()
+
+    def wrap(self, engine: Any) -> None:
+        forward: Callable[[Sequence[Sequence[int]]], Any] = engine.forward
+        warm_up: Callable[[], float] = engine.warm_up
+        opts = self.opts
+
+        def faulty_forward(seqs: Sequence[Sequence[int]]) -> Any:
+            with self.lock:
+                if not self.armed:
+                    return forward(seqs)
+                self.calls += 1
+                n = self.calls
+            if opts.delay_s:
+                time.sleep(opts.delay_s)
+            if opts.hang_at == n:
+                say(f"call {n} hangs for {opts.hang_s} s")
+                time.sleep(opts.hang_s)
+                say(f"call {n} resumes")
+            if opts.broken_after is not None and n > opts.broken_after:
+                raise RuntimeError(ILLEGAL_ACCESS)
+            if opts.oom_over is not None and len(seqs) > opts.oom_over:
+                import torch
+
+                raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected: {len(seqs)} texts)")
+            if opts.fail_marker and any(opts.fail_marker in engine.tokenizer.decode(list(s)) for s in seqs):
+                raise RuntimeError(f"injected failure: a text contains {opts.fail_marker!r}")
+            return forward(seqs)
+
+        def arming_warm_up() -> float:
+            try:
+                return warm_up()
+            finally:
+                self.armed = True
+                say("faults armed")
+
+        engine.forward = faulty_forward
+        engine.warm_up = arming_warm_up
+
+
+def install(opts: argparse.Namespace) -> Faults:
+    """Patch ``models.engine.load_classifier`` (``run_worker`` imports it when it runs)."""
+    import models.engine
+
+    faults = Faults(opts)
+    load = models.engine.load_classifier
+
+    def faulty_load(*args: Any, **kwargs: Any) -> Any:
+        if opts.load_delay_s:
+            say(f"loading the model (sleeping {opts.load_delay_s} s)")
+            time.sleep(opts.load_delay_s)
+        engine = load(*args, **kwargs)
+        faults.wrap(engine)
+        return engine
+
+    models.engine.load_classifier = faulty_load
+    return faults
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    install(parse_faults(argv[:split]))
+    sys.argv = ["sentiment", "worker", *argv[split + 1 :]]
+    import worker.cli
+
+    say(f"running {worker.cli.__file__}")
+    worker.cli.main()
+
+
+if __name__ == "__main__":
+    main()
