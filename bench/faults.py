@@ -244,7 +244,8 @@ def main() -> None:
     record: dict[str, Any] = {
         "bench": "faults", "case": "kill9+rebalance+freeze+poison", "model": "tiny-qwen3", "device": "cpu",
         "metric": "lost", "value": len(report.lost), "unit": "messages", "baseline": None, "ratio": None,
-        "command": "python bench/faults.py " + " ".join(sys.argv[1:]), "date": dt.date.today().isoformat(),
+        "command": " ".join(["python", "bench/faults.py", *sys.argv[1:]]),
+        "date": dt.date.today().isoformat(),
         "kills": tally.kills, "rebalances": tally.rebalances, "outages": tally.outages,
         "outage_s": args.outage_s, "outage_kind": "freeze (SIGSTOP/SIGCONT: data kept, exact ledger)",
         "messages": report.sent, "duplicates": report.duplicates, "duplicates_bound": bound,

@@ -19,9 +19,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "faults: fault injection against the real dev broker and worker processes (tests/faults)"
-    )
     if config.getoption("long") and config.getoption("quick"):
         raise pytest.UsageError("--long and --quick exclude each other")
 
