@@ -173,7 +173,7 @@ def dead_letter_headers(
 
     ``value`` is the whole original value: its size and SHA-256 identify it even when the dead
     letter keeps only a prefix of it (``truncated``)."""
-    message = str(error)[:1000]
+    message = str(error).encode("utf-8", "replace")[:1000].decode("utf-8", "ignore")  # 1000 bytes at most
     whole = value or b""
     return [
         *(original or []),

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -64,12 +65,18 @@ class KafkaService(Service):
     """Starts with the app, stops before it: topics declared, producer, then the consumer."""
 
     def __init__(
-        self, settings: Settings, publisher: KafkaPublisher, source: KafkaSource, **kwargs: Any
+        self,
+        settings: Settings,
+        publisher: KafkaPublisher,
+        source: KafkaSource,
+        model_busy_s: Callable[[], float] = lambda: 0.0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.publisher = publisher
         self.source = source
+        self.model_busy_s = model_busy_s
 
     async def on_start(self) -> None:
         s = self.settings
@@ -89,6 +96,13 @@ class KafkaService(Service):
             log.warning(
                 "the producer did not close within %.0f s (the broker does not answer)", STOP_PRODUCER_S
             )
+        busy = self.model_busy_s()
+        if busy > 0:
+            # Python's exit joins the model thread, which would wait for the hung call forever:
+            # everything else is stopped and committed, its batch was abandoned uncommitted
+            log.warning("a model call is still running after %.0f s; exiting without waiting for it", busy)
+            logging.shutdown()
+            os._exit(0)
 
 
 def create_app(settings: Settings, classifier: Classifier, registry: CollectorRegistry) -> faust.App:
@@ -149,7 +163,9 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
     source = KafkaSource(settings, scheduler, security=security, health=health, on_crash=crash)
     lag = LagTracker(source, metrics, settings.input_topic)
     scheduler.on_finished = lag.on_finished
-    app.kafka = KafkaService(settings, publisher, source, loop=app.loop, beacon=app.beacon)
+    app.kafka = KafkaService(
+        settings, publisher, source, processor.model_busy_s, loop=app.loop, beacon=app.beacon
+    )
 
     @app.timer(LAG_REFRESH_S)
     async def refresh_lag() -> None:

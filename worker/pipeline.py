@@ -37,17 +37,21 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiokafka.errors import (
+    BrokerNotAvailableError,
+    ClusterAuthorizationFailedError,
     KafkaError,
+    KafkaTimeoutError,
     MessageSizeTooLargeError,
     ProducerClosed,
     RecordListTooLargeError,
     RecordTooLargeError,
+    TopicAuthorizationFailedError,
 )
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from models.batching import padding_fraction
 from models.engine import Classifier, Prediction, Tokenised
-from schemas.errors import InvalidMessage, ModelError, ResultTooLargeError, SentimentError
+from schemas.errors import InvalidMessage, ModelError, ResultTooLargeError, SchemaError, SentimentError
 from schemas.messages import (
     Headers,
     ModelRef,
@@ -66,6 +70,23 @@ log = logging.getLogger(__name__)
 
 
 TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+# not marked retriable by aiokafka, but cured by waiting (the cluster back) or by an operator (an ACL)
+CURABLE = (
+    KafkaTimeoutError,
+    BrokerNotAvailableError,
+    TopicAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+)
+
+
+def retriable(exc: BaseException) -> bool:
+    """Whether sending again can succeed: connection-level failures, errors Kafka marks
+    retriable, and those an operator cures; not a closed producer, not a refused record."""
+    if isinstance(exc, ProducerClosed):
+        return False
+    if isinstance(exc, (TimeoutError, OSError, *CURABLE)) or type(exc) is KafkaError:
+        return True
+    return isinstance(exc, KafkaError) and bool(exc.retriable)
 
 
 def record_size(message: Outgoing) -> int:
@@ -216,15 +237,19 @@ class BatchProcessor:
                 dead.append((rec, pred))
                 continue
             ts_in = review.ts if review.ts is not None else rec.timestamp_ms
-            value = encode_result(
-                review,
-                labels=self.labels,
-                probabilities=pred.probabilities,
-                truncated=pred.truncated,
-                model=self.model_ref,
-                ts_in=ts_in,
-                ts_out=ts_out,
-            )
+            try:
+                value = encode_result(
+                    review,
+                    labels=self.labels,
+                    probabilities=pred.probabilities,
+                    truncated=pred.truncated,
+                    model=self.model_ref,
+                    ts_in=ts_in,
+                    ts_out=ts_out,
+                )
+            except (TypeError, ValueError) as exc:  # e.g. meta nested deeper than orjson writes (255)
+                dead.append((rec, SchemaError(f"the result cannot be encoded: {exc}")))
+                continue
             on_ack = self._on_result(ts_in, self.labels[pred.label_id], pred.truncated)
             out.append(Delivery(self.topics.output, (rec.key, value, rec.headers), on_ack, rec))
         out += [self._dead_letter(rec, error) for rec, error in dead]
@@ -281,6 +306,14 @@ class BatchProcessor:
         finally:
             self.model_since = None
 
+    def _timed_probe(self) -> bool:
+        """The health probe, marked like a model call (a broken device may hang in it)."""
+        self.model_since = time.monotonic()
+        try:
+            return self.classifier.health()
+        finally:
+            self.model_since = None
+
     def model_busy_s(self) -> float:
         """How long the model call now running has taken (0 when none runs)."""
         since = self.model_since
@@ -289,7 +322,7 @@ class BatchProcessor:
     async def _check_model(self, loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:
         """Every text failed alone too: blame the texts only if the model's health probe passes."""
         try:
-            healthy = await loop.run_in_executor(self.executor, self.classifier.health)
+            healthy = await loop.run_in_executor(self.executor, self._timed_probe)
         except Exception:
             healthy = False
         if not healthy:
@@ -306,7 +339,8 @@ class BatchProcessor:
 
         def build(max_value_bytes: int) -> Outgoing:
             return dead_letter(
-                exc, topic=rec.topic, partition=rec.partition, offset=rec.offset, key=rec.key,
+                exc, topic=rec.topic, partition=rec.partition, offset=rec.offset,
+                key=None if bare else rec.key,
                 value=rec.value, headers=[] if bare else rec.headers, max_value_bytes=max_value_bytes,
             )  # fmt: skip
 
@@ -343,13 +377,21 @@ class BatchProcessor:
                         item.on_ack()
                     elif isinstance(outcome, TOO_LARGE):
                         again.append(self._smaller(item, outcome))
-                    elif isinstance(outcome, KafkaError | TimeoutError | OSError) and not isinstance(
-                        outcome, ProducerClosed
-                    ):
+                    elif retriable(outcome):
                         again.append(item)
                         error = outcome
+                    elif (
+                        isinstance(outcome, KafkaError)
+                        and not item.alone
+                        and not isinstance(outcome, ProducerClosed)
+                    ):  # the broker refused a record batch: find the record it refuses
+                        item.alone = True
+                        again.append(item)
                     else:
-                        raise PublishError(f"cannot publish to {item.topic}: {outcome!r}") from outcome
+                        raise PublishError(
+                            f"{item.topic} refuses a record of {item.record.topic}[{item.record.partition}]"
+                            f"@{item.record.offset} and retrying cannot cure it: {outcome!r}"
+                        ) from outcome
                 pending = again
                 if error is not None:
                     if not retrying:

@@ -30,6 +30,9 @@ def poison_corpus(tag: str) -> list[tuple[Message, str | None]]:
         + b"1"
         + b"}" * (DEEP + 1)
     )
+    deep_meta = (
+        f'{{"id": "{tag}-deep-meta", "text": "好", "meta": {{"m": '.encode() + b"[" * 300 + b"]" * 300 + b"}}"
+    )
     every_field = {"text": "不错", "ts": 1, "lang": "zh", "source": "t", "meta": {"k": [1]}}
     entries: list[tuple[str, bool, bytes | None, str | None]] = [  # name, has an id, value, reason
         ("not-json", False, b"{not json", "decode"),
@@ -47,6 +50,8 @@ def poison_corpus(tag: str) -> list[tuple[Message, str | None]]:
         ("tombstone", False, None, "decode"),
         ("ten-mb", True, review("ten-mb", text="好" * (TEN_MB // 3)), "too_large"),
         ("deep-json", True, deep, "decode"),
+        # orjson reads 1024 levels but writes 255: this one decodes and then cannot be echoed
+        ("deep-meta", True, deep_meta, "schema"),
         ("many-headers", True, review("many-headers", text="好评"), "too_large"),
         ("control-chars", True, review("control-chars", text="\x00\x01\x07\x1b[31m还行\x7f\u200b"), None),
         ("planes", True, review("planes", text=f"每个平面 {PLANES}"), None),

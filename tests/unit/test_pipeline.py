@@ -204,3 +204,36 @@ def test_a_dead_letter_keeps_the_longest_prefix_its_known_topic_limit_takes() ->
     assert h["h"] == b"v" and h["original.truncated"] == b"true"
     assert len(kept) > 500 and value.startswith(kept)
     assert DefaultRecordBatchBuilder.estimate_size_in_bytes(key, kept, headers) <= 1000
+
+
+def test_a_review_whose_result_cannot_be_encoded_is_dead_lettered_not_fatal() -> None:
+    """orjson reads JSON nested 1024 deep but writes only 255: a ``meta`` 300 deep decodes,
+    validates, and then cannot be echoed into its result."""
+    deep = b'{"id": "deep", "text": "\\u597d", "meta": {"m": ' + b"[" * 300 + b"]" * 300 + b"}}"
+    pub = FakePublisher()
+    proc, _ = make(pub, CollectorRegistry(), max_message_bytes=10_000)
+    run = handle(proc, [record(0, deep), record(1, review(1))])
+    assert sorted(run.acked) == [0, 1] and not run.fatal
+    assert [orjson.loads(v)["id"] for t, _, v, _ in pub.sent if t == "out"] == ["r1"]
+    [(_, _, value, headers)] = [s for s in pub.sent if s[0] == "dlq"]
+    assert value == deep and dict(headers)["error.reason"] == b"schema"
+
+
+def test_an_authorization_failure_is_retried_until_an_operator_cures_it() -> None:
+    from aiokafka.errors import TopicAuthorizationFailedError
+
+    pub = FakePublisher(failures={"out": [TopicAuthorizationFailedError()] * 3})
+    proc, _ = make(pub, CollectorRegistry())
+    run = handle(proc, [record(0, review(0))])
+    assert run.acked == [0] and not run.fatal and len(proc.slept) == 3
+
+
+def test_a_record_the_broker_refuses_for_good_is_tried_alone_then_ends_the_process() -> None:
+    from aiokafka.errors import UnknownError
+
+    pub = FakePublisher(failures={"out": [UnknownError("INVALID_RECORD")] * 2})
+    proc, _ = make(pub, CollectorRegistry())
+    run = handle(proc, [record(0, review(0))])
+    [(_, exc)] = run.fatal
+    assert isinstance(exc, PublishError) and "retrying cannot cure it" in str(exc)
+    assert run.acked == [] and pub.calls == 2 and proc.slept == []  # the batch, then the record alone
