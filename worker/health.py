@@ -75,6 +75,8 @@ class Health:
             "publishing": self.publishing,
             "model": "broken" if self.model_broken else "ok",
         }
+        if self.publish_failing_since is not None:
+            body["publishing_failing_s"] = round(time.monotonic() - self.publish_failing_since, 1)
         for key, value in (
             ("broker_error", self.broker_error),
             ("publish_error", self.publish_error),
