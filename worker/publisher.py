@@ -121,17 +121,30 @@ class KafkaPublisher:
                     continue
                 if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     # full: send it and start the next one (a first message always fits)
-                    sent = await self.producer.send_batch(batch, topic, partition=partition)
+                    sent = await self._send_batch(batch, topic, partition)
                     for j in members:
                         futures[j] = sent
                     batch, members = BatchBuilder(batch_bytes, NO_COMPRESSION), []
                     batch.append(key=key, value=value, timestamp=None, headers=headers)
                 members.append(i)
             if members:
-                sent = await self.producer.send_batch(batch, topic, partition=partition)
+                sent = await self._send_batch(batch, topic, partition)
                 for j in members:
                     futures[j] = sent
         return futures
+
+    async def _send_batch(self, batch: BatchBuilder, topic: str, partition: int) -> Awaitable[Any]:
+        """Queue one record batch; if queueing fails (no metadata, a full buffer, an earlier batch's
+        error), a failed future for its messages alone: the batches already queued stand, so only
+        these are sent again (``worker/pipeline.py``)."""
+        assert self.producer is not None
+        try:
+            sent: Awaitable[Any] = await self.producer.send_batch(batch, topic, partition=partition)
+        except Exception as exc:
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
+        return sent
 
 
 def refused(reason: str) -> asyncio.Future[Any]:

@@ -124,3 +124,39 @@ def test_records_stay_under_the_topics_max_message_bytes_read_from_the_broker(
     assert one < limit
     got = asyncio.run(read_all(broker, topic, 20))
     assert len(got) == 20 and all(v == b"x" * 300 for _, _, v, _ in got)
+
+
+def test_a_record_batch_that_cannot_be_queued_fails_alone(broker: str, topics: dict[str, str]) -> None:
+    """The second partition's batch fails to queue: the first partition's batch stands (acknowledged
+    and delivered once), only the second's messages get a failed future to be sent again."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    topic = topics["output"]
+
+    async def scenario() -> list[Any]:
+        await create_topics(broker, [topic], partitions=PARTITIONS, replication_factor=1)
+        publisher = KafkaPublisher(load_settings(brokers=broker), security={})
+        await publisher.start()
+        try:
+            real, calls = publisher.producer.send_batch, [0]  # type: ignore[union-attr]
+
+            async def second_fails(batch: Any, *args: Any, **kwargs: Any) -> Any:
+                calls[0] += 1
+                if calls[0] == 2:
+                    raise KafkaTimeoutError("buffer full")
+                return await real(batch, *args, **kwargs)
+
+            publisher.producer.send_batch = second_fails  # type: ignore[union-attr,method-assign]
+            keys = [f"k{i}".encode() for i in range(40)]  # spread over the 4 partitions
+            futures = await publisher.send_many(topic, [(k, k, []) for k in keys])
+            return list(await asyncio.gather(*futures, return_exceptions=True))
+        finally:
+            await publisher.stop()
+
+    outcomes = asyncio.run(scenario())
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    assert failed and all(isinstance(o, Exception) and "buffer full" in str(o) for o in failed)
+    delivered = len(outcomes) - len(failed)
+    assert 0 < delivered < len(outcomes)
+    got = asyncio.run(read_all(broker, topic, delivered))
+    assert len(got) == delivered and len({v for _, _, v, _ in got}) == delivered
