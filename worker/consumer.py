@@ -44,7 +44,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, ConsumerStoppedError, KafkaError
 
-from worker.health import Health
+from worker.health import Backoff, Health
 from worker.offsets import OffsetBook
 from worker.pipeline import Record
 from worker.scheduler import BatchScheduler
@@ -57,7 +57,6 @@ STOP_DRAIN_S = 25.0  # a stop waits this long for in-flight batches (Kubernetes 
 STOP_STEP_S = 5.0  # and this long each for the final commit and leaving the group
 PROBE_INTERVAL_S = 2.0  # one Metadata request per interval
 PROBE_TIMEOUT_S = 5.0  # a metadata request unanswered this long: the broker counts as unreachable
-FIRST_BACKOFF_S = 0.25
 
 
 def to_record(msg: ConsumerRecord[bytes, bytes]) -> Record:
@@ -98,7 +97,8 @@ class KafkaSource(ConsumerRebalanceListener):
         self.tasks: list[asyncio.Task[None]] = []
         self.started = False
         self.stopping = False
-        self.commit_backoff = 0.0
+        self.commit_backoff = Backoff(settings.retry_backoff_max_s)
+        self.commit_wait_s = 0.0  # the backoff after a failed commit, else 0
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -254,7 +254,7 @@ class KafkaSource(ConsumerRebalanceListener):
     async def _take(self) -> None:
         assert self.consumer is not None
         s = self.settings
-        first_at, backoff = 0.0, FIRST_BACKOFF_S
+        first_at, backoff = 0.0, Backoff(s.retry_backoff_max_s)
         while not self.stopping:
             if self.gathered:
                 left_ms = max(0, int((first_at + s.batch_wait_s - time.monotonic()) * 1000))
@@ -267,11 +267,11 @@ class KafkaSource(ConsumerRebalanceListener):
             except ConsumerStoppedError:
                 raise
             except KafkaError as exc:  # the group coordinator away or moving: keep trying
-                log.warning("fetching failed (%r); trying again in %.2f s", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, s.retry_backoff_max_s)
+                delay = backoff.next()
+                log.warning("fetching failed (%r); trying again in %.2f s", exc, delay)
+                await asyncio.sleep(delay)
                 continue
-            backoff = FIRST_BACKOFF_S
+            backoff.reset()
             if got and not self.gathered:
                 first_at = time.monotonic()
             for msgs in got.values():
@@ -331,7 +331,7 @@ class KafkaSource(ConsumerRebalanceListener):
             self.finished.clear()
             await self._commit()
             # after a failure, back off (the coordinator may be away); else the configured pace
-            await asyncio.sleep(max(self.settings.commit_interval_s, self.commit_backoff))
+            await asyncio.sleep(max(self.settings.commit_interval_s, self.commit_wait_s))
 
     async def _commit(self, *, final: bool = False) -> None:
         """Commit what finished in order. A failure is logged: its records are repeated, not lost."""
@@ -354,11 +354,10 @@ class KafkaSource(ConsumerRebalanceListener):
                         "final offset commit failed (%r): the next owner repeats up to %s", exc, offsets
                     )
                 else:
-                    self.commit_backoff = min(
-                        max(FIRST_BACKOFF_S, self.commit_backoff * 2), self.settings.retry_backoff_max_s
-                    )
-                    log.warning("offset commit failed (%r); retrying in %.2f s", exc, self.commit_backoff)
+                    self.commit_wait_s = self.commit_backoff.next()
+                    log.warning("offset commit failed (%r); retrying in %.2f s", exc, self.commit_wait_s)
                     self.finished.set()
                 return
-            self.commit_backoff = 0.0
+            self.commit_wait_s = 0.0
+            self.commit_backoff.reset()
             self.book.committed(offsets)

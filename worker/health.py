@@ -13,6 +13,26 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+FIRST_BACKOFF_S = 0.25
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff for the retry loops (fetch, commit, publish): ``FIRST_BACKOFF_S``,
+    doubled after each failure up to ``cap_s``; :meth:`reset` after a success."""
+
+    cap_s: float
+    delay_s: float = FIRST_BACKOFF_S
+
+    def next(self) -> float:
+        """The delay to wait now; the following one doubles."""
+        delay = self.delay_s
+        self.delay_s = min(delay * 2, self.cap_s)
+        return delay
+
+    def reset(self) -> None:
+        self.delay_s = FIRST_BACKOFF_S
+
 
 @dataclass
 class Health:

@@ -34,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from aiokafka.errors import (
     BrokerNotAvailableError,
@@ -62,11 +62,12 @@ from schemas.messages import (
     encode_result,
     now_ms,
 )
-from worker.health import Health
+from worker.health import Backoff, Health
 from worker.logs import where
 from worker.metrics import Metrics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
@@ -93,9 +94,6 @@ def record_size(message: Outgoing) -> int:
     """Kafka's upper bound on the bytes of ``message`` alone in a record batch."""
     key, value, headers = message
     return int(DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers))
-
-
-FIRST_BACKOFF_S = 0.25
 
 
 class PublishError(SentimentError):
@@ -266,7 +264,7 @@ class BatchProcessor:
         def run() -> list[Prediction]:
             began.append(time.perf_counter())
             self.metrics.queue_wait.observe(began[0] - started)  # waited for the model thread
-            return self._timed(tok)
+            return self._timed(self.classifier.classify_tokenised, tok)
 
         try:
             preds: list[Prediction | InvalidMessage] = list(await loop.run_in_executor(self.executor, run))
@@ -293,24 +291,19 @@ class BatchProcessor:
         self, loop: asyncio.AbstractEventLoop, tok: Tokenised
     ) -> Prediction | InvalidMessage:
         try:
-            [pred] = await loop.run_in_executor(self.executor, self._timed, tok)
+            [pred] = await loop.run_in_executor(
+                self.executor, self._timed, self.classifier.classify_tokenised, tok
+            )
             return pred
         except Exception as exc:
             return ModelError(f"model failed: {type(exc).__name__}: {exc}")
 
-    def _timed(self, tok: Tokenised) -> list[Prediction]:
-        """The model call, on the model thread, marked so /healthz can tell a hung one."""
+    def _timed(self, call: Callable[..., T], *args: Any) -> T:
+        """A model call (or the health probe: a broken device may hang there too), on the model
+        thread, marked so /healthz can tell a hung one."""
         self.model_since = time.monotonic()
         try:
-            return self.classifier.classify_tokenised(tok)
-        finally:
-            self.model_since = None
-
-    def _timed_probe(self) -> bool:
-        """The health probe, marked like a model call (a broken device may hang in it)."""
-        self.model_since = time.monotonic()
-        try:
-            return self.classifier.health()
+            return call(*args)
         finally:
             self.model_since = None
 
@@ -322,7 +315,7 @@ class BatchProcessor:
     async def _check_model(self, loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:
         """Every text failed alone too: blame the texts only if the model's health probe passes."""
         try:
-            healthy = await loop.run_in_executor(self.executor, self._timed_probe)
+            healthy = await loop.run_in_executor(self.executor, self._timed, self.classifier.health)
         except Exception:
             healthy = False
         if not healthy:
@@ -366,7 +359,7 @@ class BatchProcessor:
 
     async def _deliver(self, pending: list[Delivery]) -> None:
         """Send until every message is acknowledged; see the module docstring for what is retried."""
-        backoff, retrying = FIRST_BACKOFF_S, False
+        backoff, retrying = Backoff(self.limits.retry_backoff_max_s), False
         try:
             while pending:
                 outcomes = await self._send(pending)
@@ -397,13 +390,13 @@ class BatchProcessor:
                     if not retrying:
                         retrying = True
                         self.health.publish_retrying(f"{type(error).__name__}: {error}")
+                    delay = backoff.next()
                     log.warning(
                         "%d of a batch's messages not acknowledged (%r); retrying in %.2f s",
-                        len(again), error, backoff,
+                        len(again), error, delay,
                     )  # fmt: skip
                     self.metrics.publish_retries.labels(error=type(error).__name__).inc()
-                    await self.sleep(backoff)
-                    backoff = min(backoff * 2, self.limits.retry_backoff_max_s)
+                    await self.sleep(delay)
         finally:
             if retrying:
                 self.health.publish_recovered()
