@@ -229,9 +229,9 @@ def test_an_authorization_failure_is_retried_until_an_operator_cures_it() -> Non
 
 
 def test_a_record_the_broker_refuses_for_good_is_tried_alone_then_ends_the_process() -> None:
-    from aiokafka.errors import UnknownError
+    from aiokafka.errors import InvalidTimestampError
 
-    pub = FakePublisher(failures={"out": [UnknownError("INVALID_RECORD")] * 2})
+    pub = FakePublisher(failures={"out": [InvalidTimestampError()] * 2})
     proc, _ = make(pub, CollectorRegistry())
     run = handle(proc, [record(0, review(0))])
     [(_, exc)] = run.fatal
