@@ -232,7 +232,7 @@ class Bench:
                                               pad_token=ENDOFTEXT, padding_side="right")  # fmt: skip
         tmp = Path(tempfile.mkdtemp())
         self.hf_tok.save_pretrained(tmp)
-        self.rust_tok, _ = load_tokenizer(tmp, MAX_LENGTH)
+        self.rust_tok, _ = load_tokenizer(tmp, MAX_LENGTH, append_eos=False)
         self.n_tokens = sum(len(e.ids) for e in self.rust_tok.encode_batch(self.texts))
         self.command = "python bench/engine.py " + " ".join(sys.argv[1:])
         self.records: list[dict[str, Any]] = []

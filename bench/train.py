@@ -168,7 +168,7 @@ def main() -> None:
     )
     tmpdir = Path(os.environ.get("TMPDIR", "/tmp")) / "bench-train-tok"
     hf_tok.save_pretrained(tmpdir)
-    rust_tok, _ = load_tokenizer(tmpdir, MAX_TOKENS + 1)
+    rust_tok, _ = load_tokenizer(tmpdir, MAX_TOKENS + 1, append_eos=True)
     ids = [e.ids[:-1] for e in rust_tok.encode_batch(texts)]  # without the appended EOS
     records: list[dict[str, Any]] = []
     command = "python bench/train.py " + " ".join(sys.argv[1:])

@@ -1,8 +1,9 @@
 """Evaluate a checkpoint through the serving engine, and record the result inside it.
 
-Trainers evaluate the *exported* checkpoint with the same engine the worker runs (fp32, which is
-batch invariant), so ``sentiment eval`` on the same data reproduces the recorded metrics exactly,
-and so does the worker's streamed accuracy.
+Trainers evaluate the *exported* checkpoint with the same engine the worker runs, in float32
+(batch invariant) unless the checkpoint's head was fitted on features of another dtype (a head
+trained on a GPU in bf16 is evaluated in bf16, as the worker serves it). ``sentiment eval`` on
+the same data reproduces the recorded metrics, and so does the worker's streamed accuracy.
 """
 
 from __future__ import annotations
@@ -29,11 +30,28 @@ def data_digest(examples: Sequence[LabelledText]) -> str:
     return h.hexdigest()
 
 
+def evaluation_dtype(directory: Path) -> str:
+    """The dtype a checkpoint is evaluated in: the one its head was fitted on (manifest
+    ``features.dtype``, e.g. bfloat16 for a head trained on a GPU), else float32."""
+    features = load_manifest(directory).model_dump().get("features")
+    dtype = features.get("dtype") if isinstance(features, dict) else None
+    return dtype if isinstance(dtype, str) else "float32"
+
+
 def evaluate_checkpoint(
-    directory: Path, examples: Sequence[LabelledText], *, device: str = "cpu", batch_tokens: int = 16384
+    directory: Path,
+    examples: Sequence[LabelledText],
+    *,
+    device: str = "cpu",
+    dtype: str | None = None,
+    batch_tokens: int = 16384,
 ) -> tuple[Report, torch.Tensor]:
-    """The report and the ``[n, labels]`` probabilities of ``directory`` on ``examples`` (fp32)."""
-    engine = load_classifier(directory, device=device, dtype="float32", max_batch_tokens=batch_tokens)
+    """The report and the ``[n, labels]`` probabilities of ``directory`` on ``examples``.
+
+    ``dtype`` None: :func:`evaluation_dtype` (float32 unless the checkpoint records otherwise).
+    """
+    dtype = dtype or evaluation_dtype(directory)
+    engine = load_classifier(directory, device=device, dtype=dtype, max_batch_tokens=batch_tokens)
     labels = list(engine.manifest.labels)
     unknown = sorted({ex.label for ex in examples} - set(labels))
     if unknown:

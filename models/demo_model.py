@@ -32,7 +32,7 @@ from models.reporting import report_checkpoint
 from models.reviews import LabelledText
 from models.scratch import PAD, CompactVocab, ScratchShape, compact_model, export_model
 from models.tiny import atomic_directory
-from models.tokenizer import qwen_tokenizer
+from models.tokenizer import qwen_tokenizer, save_tokenizer
 from models.training import Encoded, LoopConfig, Trainer
 
 DEMO_NAME = "demo-qwen3-snownlp"
@@ -123,7 +123,7 @@ def train_demo(
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(out) as tmp:
         full.save_pretrained(tmp, safe_serialization=True)
-        qwen_tokenizer(cache_dir).save_pretrained(tmp)
+        save_tokenizer(cache_dir, tmp)
         Manifest(
             kind="sequence-classifier",
             base_model=f"none (from scratch): Qwen3Config(hidden={DEMO_SHAPE.hidden_size}, "

@@ -322,7 +322,7 @@ class SequenceClassifierEngine(Qwen3Engine):
             )
         dev, dt = resolve_device(device, dtype)
         model = load_model(Qwen3ForSequenceClassification, directory, dt, dev)
-        tokenizer, _ = load_tokenizer(directory, manifest.max_length)  # its own output, as transformers
+        tokenizer, _ = load_tokenizer(directory, manifest.max_length, append_eos=False)  # as transformers
         return cls(model, tokenizer, manifest, name=manifest.name or directory.name, **kw)
 
     def pool_offset(self, ids: Sequence[int]) -> int:
@@ -367,7 +367,7 @@ class EmbeddingHeadEngine(Qwen3Engine):
         head = load_head(directory, in_dim=dims, num_labels=len(manifest.labels))
         dev, dt = resolve_device(device, dtype)
         backbone = load_model(Qwen3Model, base, dt, dev)
-        tokenizer, append_id = load_tokenizer(base, manifest.max_length)
+        tokenizer, append_id = load_tokenizer(base, manifest.max_length, append_eos=True)
         return cls(backbone, head, tokenizer, manifest, name=manifest.name or directory.name,
                    append_id=append_id, **kw)  # fmt: skip
 
@@ -403,7 +403,7 @@ def load_classifier(
             f"max_batch_tokens ({max_batch_tokens}) must be at least the checkpoint's max_length "
             f"({manifest.max_length}), or its longest texts could never run"
         )
-    return ENGINES[manifest.kind].load(
+    engine = ENGINES[manifest.kind].load(
         directory,
         manifest,
         device=device,
@@ -412,3 +412,12 @@ def load_classifier(
         max_batch_size=max_batch_size,
         compile=compile,
     )
+    features = manifest.model_dump().get("features")
+    fitted = features.get("dtype") if isinstance(features, dict) else None
+    if fitted and fitted != engine.info.dtype:
+        log.warning(
+            "%s: the head was fitted on %s features but runs in %s here; labels near the decision "
+            "boundary may differ from the recorded evaluation (--dtype %s matches it)",
+            directory, fitted, engine.info.dtype, fitted,
+        )  # fmt: skip
+    return engine

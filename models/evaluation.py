@@ -42,7 +42,10 @@ def evaluate(labels: Sequence[str], y_true: Sequence[int], probs: torch.Tensor, 
     truth = torch.as_tensor(list(y_true), dtype=torch.int64)
     if probs.shape != (len(truth), k):
         raise ValueError(f"probabilities have shape {tuple(probs.shape)}, expected ({len(truth)}, {k})")
-    confidence, pred = probs.float().max(-1)
+    # float64 stays float64 (a float32 round trip can change the argmax and every mean); bf16/fp16/fp32
+    # are compared in float32. Counts and means below are accumulated in float64.
+    work = probs.double() if probs.dtype == torch.float64 else probs.float()
+    confidence, pred = work.max(-1)
     confusion = torch.zeros(k, k, dtype=torch.int64)
     confusion.index_put_((truth, pred), torch.ones_like(truth), accumulate=True)
     per_class = {}
@@ -50,14 +53,15 @@ def evaluate(labels: Sequence[str], y_true: Sequence[int], probs: torch.Tensor, 
         tp, predicted, actual = int(confusion[i, i]), int(confusion[:, i].sum()), int(confusion[i].sum())
         p, r = _ratio(tp, predicted), _ratio(tp, actual)
         per_class[label] = ClassReport(p, r, 2 * p * r / (p + r) if p + r else 0.0, actual)
-    correct = (pred == truth).float()
+    correct = (pred == truth).double()
     ece = 0.0
-    edges = torch.linspace(0, 1, bins + 1).tolist()
+    # bins (m/bins, (m+1)/bins], edges rounded to the probabilities' precision (a float32 0.6 is on the edge)
+    edges = (torch.arange(bins + 1, dtype=work.dtype) / bins).tolist()
     for lo, hi in itertools.pairwise(edges):
         inside = (confidence > lo) & (confidence <= hi)
         if inside.any():
-            ece += float(inside.float().mean()) * abs(
-                float(correct[inside].mean() - confidence[inside].mean())
+            ece += float(inside.double().mean()) * abs(
+                float(correct[inside].mean() - confidence[inside].double().mean())
             )
     return Report(
         labels=tuple(labels),

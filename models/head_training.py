@@ -31,7 +31,7 @@ from models.data import Prepared
 from models.engine import EmbeddingHeadEngine, resolve_device
 from models.evaluation import evaluate
 from models.heads import HeadType, build_head, save_embedding_head_checkpoint
-from models.loading import load_model, load_tokenizer, qwen3_config
+from models.loading import base_reference, load_model, load_tokenizer, qwen3_config
 from models.manifest import Manifest
 from models.plots import projection_png
 from models.reporting import report_checkpoint
@@ -181,17 +181,19 @@ def train_head(
     if dimensions is not None and not 0 < dimensions <= config.hidden_size:
         raise ConfigError(f"--dimensions must be between 1 and the base's hidden size ({config.hidden_size})")
     dev, dt = resolve_device(device, dtype)
-    manifest = Manifest(
+    manifest = Manifest(  # type: ignore[call-arg]  # features: an extra field, kept as is
         kind="embedding-head",
-        base_model=str(base.resolve()),
+        base_model=base_reference(base, out),
         labels=list(labels),
         max_length=max_length,
         instruction=instruction,
         dimensions=dimensions,
         name=name or out.name,
         version="1",
+        # the head is fitted on features computed here; evaluation and serving should match them
+        features={"device": dev.type, "dtype": str(dt).removeprefix("torch.")},
     )
-    tokenizer, append_id = load_tokenizer(base, max_length)
+    tokenizer, append_id = load_tokenizer(base, max_length, append_eos=True)
     backbone = load_model(Qwen3Model, base, dt, dev)
     placeholder = build_head(
         "linear", dimensions or config.hidden_size, len(labels)

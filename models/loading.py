@@ -7,6 +7,7 @@ clear :class:`CheckpointError` naming the file or field for anything missing or 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Qwen3Config
 from transformers.utils import logging as hf_logging
 
 from models.attention import PACKED
+from models.tokenizer import ENDOFTEXT
 from schemas.errors import CheckpointError
 
 M = TypeVar("M", bound=PreTrainedModel)
@@ -31,20 +33,37 @@ def require_file(directory: Path, *names: str, why: str = "") -> None:
         raise CheckpointError(f"{directory} has no {' or '.join(names)}{hint}")
 
 
+def base_reference(base: Path, checkpoint: Path) -> str:
+    """How a checkpoint's manifest names its base so that the pair can be moved or mounted elsewhere.
+
+    A snapshot in the Hugging Face cache is named by its hub id (``Qwen/Qwen3-Embedding-0.6B``);
+    any other directory by its path relative to the checkpoint directory (``../qwen3-embedding``),
+    never by an absolute path, which only holds on the machine that trained.
+    """
+    base = base.resolve()
+    parts = base.parts
+    for i, part in enumerate(parts[:-2]):
+        if part.startswith("models--") and parts[i + 1] == "snapshots":
+            return part.removeprefix("models--").replace("--", "/")
+    return os.path.relpath(base, checkpoint.resolve())
+
+
 def resolve_base(reference: str, checkpoint: Path) -> Path:
-    """``base_model`` as a directory: absolute, relative to the checkpoint, or a hub id in the local cache."""
-    for candidate in (Path(reference).expanduser(), checkpoint / reference):
-        if candidate.is_dir():
-            return candidate.resolve()
+    """``base_model`` as a directory: relative to the checkpoint, absolute, or a hub id in the local cache."""
+    candidate = Path(reference).expanduser()
+    if not candidate.is_absolute():
+        candidate = checkpoint / candidate
+    if candidate.is_dir():
+        return candidate.resolve()
     try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(reference, local_files_only=True))
     except Exception:  # any failure here means "not available offline"
         raise CheckpointError(
-            f"{checkpoint}/manifest.json: base_model {reference!r} is neither a directory nor a model in "
-            "the local Hugging Face cache; the worker never downloads: fetch it on a connected machine "
-            "and set base_model to its directory"
+            f"{checkpoint}/manifest.json: base_model {reference!r} is neither a directory (a relative path "
+            "counts from the checkpoint directory) nor a model in the local Hugging Face cache; the worker "
+            "never downloads: fetch it on a connected machine and set base_model to its directory"
         ) from None
 
 
@@ -86,11 +105,16 @@ def load_model(cls: type[M], directory: Path, dtype: torch.dtype, device: torch.
     return model.to(device).eval()
 
 
-def load_tokenizer(directory: Path, max_length: int) -> tuple[Tokenizer, int | None]:
-    """The Rust tokenizer, truncating to ``max_length``; plus the EOS id when it does *not* append one.
+def load_tokenizer(directory: Path, max_length: int, *, append_eos: bool) -> tuple[Tokenizer, int | None]:
+    """The Rust tokenizer, truncating to ``max_length`` tokens, special tokens included.
 
-    Qwen3-Embedding's tokenizer appends ``<|endoftext|>`` itself. For one that does not, the
-    engine appends it (and truncates one token shorter), so pooling still lands on the EOS.
+    ``append_eos`` (the embedding kind): every text must end in ``<|endoftext|>``, the pooled
+    token. Qwen3-Embedding's tokenizer appends it itself; for one that does not, the id is
+    returned and the engine appends it, so truncation leaves one token for it.
+
+    Without ``append_eos`` (the sequence-classifier kind) the texts are exactly the tokenizer's
+    own output cut at ``max_length``, as ``tokenizer(text, truncation=True, max_length=…)`` gives
+    them to transformers.
     """
     require_file(directory, "tokenizer.json")
     try:
@@ -99,8 +123,17 @@ def load_tokenizer(directory: Path, max_length: int) -> tuple[Tokenizer, int | N
         raise CheckpointError(f"{directory}/tokenizer.json: {exc}") from None
     tokenizer: Tokenizer = wrapper.backend_tokenizer
     tokenizer.no_padding()
-    eos = tokenizer.token_to_id("<|endoftext|>")
-    appends = eos is not None and tokenizer.encode("a").ids[-1:] == [eos]
-    missing_eos = None if appends or eos is None else eos
+    missing_eos = None
+    if append_eos:
+        eos = tokenizer.token_to_id(ENDOFTEXT)
+        if eos is None:
+            raise CheckpointError(f"{directory}/tokenizer.json has no {ENDOFTEXT} token to pool on")
+        if tokenizer.encode("a").ids[-1:] != [eos]:
+            missing_eos = eos
     tokenizer.enable_truncation(max_length - (1 if missing_eos is not None else 0))
     return tokenizer, missing_eos
+
+
+def added_tokens(tokenizer: Tokenizer) -> int:
+    """How many special tokens the tokenizer's post-processor adds to one text."""
+    return len(tokenizer.encode("a").ids) - len(tokenizer.encode("a", add_special_tokens=False).ids)

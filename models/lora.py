@@ -18,16 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, Qwen3ForSequenceClassification
+from transformers import Qwen3ForSequenceClassification
 from transformers.utils import logging as hf_logging
 
 from models.checkpoint_eval import data_digest
 from models.data import Prepared
 from models.engine import resolve_device
-from models.loading import WEIGHTS, load_tokenizer, qwen3_config, require_file
+from models.loading import WEIGHTS, base_reference, load_tokenizer, qwen3_config, require_file
 from models.manifest import Manifest
 from models.reporting import report_checkpoint
 from models.tiny import atomic_directory
+from models.tokenizer import copy_tokenizer
 from models.training import Encoded, LoopConfig, Trainer
 from schemas.errors import CheckpointError, ConfigError
 
@@ -40,13 +41,18 @@ class LoraSettings:
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
 
 
-LORA_LOOP = LoopConfig(epochs=3, lr=3e-5, batch_size=16, grad_accum=1, warmup=0.06, patience=2)
+LORA_LOOP = LoopConfig(
+    epochs=3, lr=3e-5, batch_size=16, grad_accum=1, warmup=0.06, patience=2, head_lr=1e-3
+)  # fmt: skip
+# The automatic max_length never goes above this (a Qwen3 base allows 32,768 or 40,960 tokens,
+# and activation memory grows with it); --max-length chooses more.
+MAX_LENGTH_CAP = 512
 
 
 def choose_max_length(
     lengths: Sequence[int], *, limit: int, percentile: float = 0.99
 ) -> tuple[int, dict[str, int]]:
-    """Tokens per text (the appended EOS included) covering ``percentile`` of the training texts,
+    """Tokens per text (special tokens included) covering ``percentile`` of the training texts,
     rounded up to a multiple of 8 and at most ``limit``; also the percentiles it looked at."""
     ordered = sorted(lengths)
 
@@ -54,7 +60,7 @@ def choose_max_length(
         return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
     stats = {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": ordered[-1]}
-    chosen = min(limit, max(16, 8 * math.ceil((at(percentile) + 1) / 8)))
+    chosen = min(limit, max(16, 8 * math.ceil(at(percentile) / 8)))
     return chosen, stats
 
 
@@ -93,11 +99,16 @@ def train_lora(
     loop: LoopConfig = LORA_LOOP,
     max_length: int | None = None,
     device: str = "auto",
+    gradient_checkpointing: bool | None = None,
     fresh: bool = False,
     name: str | None = None,
     echo: Callable[[str], None] = print,
 ) -> Path:
-    """Fine-tune ``base`` with LoRA on ``data`` and write the merged checkpoint to ``out``."""
+    """Fine-tune ``base`` with LoRA on ``data`` and write the merged checkpoint to ``out``.
+
+    ``gradient_checkpointing``: recompute activations in the backward pass (less memory, about a
+    third more compute); default on for CUDA, where a real base's activations bound the batch.
+    """
     from peft import LoraConfig, TaskType, get_peft_model
 
     started = time.perf_counter()
@@ -106,32 +117,46 @@ def train_lora(
         raise ConfigError(f"{out} already exists; choose another --out or remove it")
     config = qwen3_config(base)
     dev, _ = resolve_device(device, "float32")
-    tokenizer, _ = load_tokenizer(base, config.max_position_embeddings)
-    pad_id = (
-        config.pad_token_id if config.pad_token_id is not None else tokenizer.token_to_id("<|endoftext|>")
-    )
-    if pad_id is None:
-        raise CheckpointError(f"{base}: config.json has no pad_token_id and the tokenizer no <|endoftext|>")
+    if gradient_checkpointing is None:
+        gradient_checkpointing = dev.type == "cuda"
     parts = {"train": data.splits.train, "dev": data.splits.dev, "test": data.splits.test}
-    ids = {
-        n: [e.ids for e in tokenizer.encode_batch([x.text for x in p], add_special_tokens=False)]
-        for n, p in parts.items()
-    }
+    # The serving tokenizer exactly (the checkpoint copies the base's files): the texts train as
+    # the worker will see them, special tokens included, cut at the same max_length.
+    full, _ = load_tokenizer(base, config.max_position_embeddings, append_eos=False)
     stats: dict[str, int] = {}
     if max_length is None:
+        lengths = [len(e.ids) for e in full.encode_batch([x.text for x in parts["train"]])]
         max_length, stats = choose_max_length(
-            [len(s) for s in ids["train"]], limit=config.max_position_embeddings
+            lengths, limit=min(MAX_LENGTH_CAP, config.max_position_embeddings)
         )
         echo(
             f"max_length {max_length} (train token lengths: p50 {stats['p50']}, p90 {stats['p90']}, "
             f"p99 {stats['p99']}, max {stats['max']})"
         )
-    ids = {n: [s[: max_length - 1] for s in seqs] for n, seqs in ids.items()}
+        if stats["p99"] > max_length:
+            echo(
+                f"note: more than 1% of the training texts are longer than {max_length} tokens "
+                f"(p99 {stats['p99']}) and are cut there; --max-length N keeps more (memory grows with it)"
+            )
+    if max_length > config.max_position_embeddings:
+        raise ConfigError(
+            f"--max-length {max_length} is above the base's {config.max_position_embeddings} positions"
+        )
+    tokenizer, _ = load_tokenizer(base, max_length, append_eos=False)
+    pad_id = (
+        config.pad_token_id if config.pad_token_id is not None else tokenizer.token_to_id("<|endoftext|>")
+    )
+    if pad_id is None:
+        raise CheckpointError(f"{base}: config.json has no pad_token_id and the tokenizer no <|endoftext|>")
+    ids = {n: [e.ids for e in tokenizer.encode_batch([x.text for x in p])] for n, p in parts.items()}
     encoded = {n: Encoded(ids[n], [list(labels).index(x.label) for x in p]) for n, p in parts.items()}
 
     model = load_base_classifier(base, labels, pad_id)
     torch.manual_seed(loop.seed)
     model.score.reset_parameters()
+    if gradient_checkpointing:
+        model.config.use_cache = False
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     peft_model = get_peft_model(
         model,
         LoraConfig(
@@ -145,7 +170,9 @@ def train_lora(
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     echo(
         f"LoRA r={lora.r} alpha={lora.alpha} dropout={lora.dropout} on {', '.join(lora.targets)}: "
-        f"{trainable:,} trainable parameters; device {dev}"
+        f"{trainable:,} trainable parameters; lr {loop.lr:g}, score head lr {loop.head_lr or loop.lr:g}; "
+        f"device {dev}{', bf16 autocast' if dev.type == 'cuda' else ''}"
+        f"{', gradient checkpointing' if gradient_checkpointing else ''}"
     )
 
     def logits(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -172,6 +199,7 @@ def train_lora(
         state_dir=state_dir,
         fingerprint=fingerprint,
         autocast=torch.bfloat16 if dev.type == "cuda" else None,
+        is_head=lambda name: ".score." in f".{name}",
         echo=echo,
     )
     fit, _ = trainer.fit(encoded["train"], encoded["dev"])
@@ -179,11 +207,12 @@ def train_lora(
     merged.eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(out) as tmp:
+        merged.config.use_cache = True
         merged.save_pretrained(tmp, safe_serialization=True)
-        AutoTokenizer.from_pretrained(base, local_files_only=True).save_pretrained(tmp)
+        copy_tokenizer(base, tmp)  # byte for byte: loads wherever the base's tokenizer loads
         Manifest(
             kind="sequence-classifier",
-            base_model=str(base.resolve()),
+            base_model=base_reference(base, out),
             labels=list(labels),
             max_length=max_length,
             name=name or out.name,
@@ -196,6 +225,8 @@ def train_lora(
             "loop": asdict(loop),
             "max_length": max_length,
             "token_lengths": stats,
+            "gradient_checkpointing": gradient_checkpointing,
+            "autocast": "bfloat16" if dev.type == "cuda" else None,
             "data": data.sources,
             "notes": data.notes,
             "fit": fit.to_dict(),

@@ -24,9 +24,14 @@ class Manifest(BaseModel):
         description="'sequence-classifier' (Qwen3 with LoRA merged and a score head, a transformers "
         "save_pretrained directory) or 'embedding-head' (frozen Qwen3-Embedding base plus a head)."
     )
-    base_model: str = Field(description="Local path or hub id of the base model.")
+    base_model: str = Field(
+        description="The base model: a path relative to the checkpoint directory (so the two move "
+        "together), an absolute path, or a hub id found in the local Hugging Face cache."
+    )
     labels: list[str] = Field(min_length=2, description="Label names, in the order of the head's outputs.")
-    max_length: int = Field(gt=1, description="Tokens per text, the appended <|endoftext|> included.")
+    max_length: int = Field(
+        gt=1, description="Tokens per text, special tokens (such as an appended <|endoftext|>) included."
+    )
     pooling: Literal["last-token"] = "last-token"
     instruction: str | None = Field(default=None, description="Task for 'Instruct: {task}\\nQuery:{text}'.")
     dimensions: int | None = Field(default=None, gt=0, description="MRL truncation, or null for all.")

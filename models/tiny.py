@@ -18,7 +18,7 @@ from transformers import Qwen3Config, Qwen3ForSequenceClassification, Qwen3Model
 from transformers.utils import logging as hf_logging
 
 from models.manifest import Manifest
-from models.tokenizer import ENDOFTEXT_ID, VOCAB_SIZE, qwen_tokenizer
+from models.tokenizer import ENDOFTEXT_ID, VOCAB_SIZE, save_tokenizer
 
 
 @contextmanager
@@ -91,7 +91,7 @@ def build_tiny_checkpoint(
         model.score.weight.normal_(0.0, init_std)
     with atomic_directory(directory) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        qwen_tokenizer(cache_dir).save_pretrained(tmp)
+        save_tokenizer(cache_dir, tmp)
         Manifest(
             kind="sequence-classifier",
             base_model=f"Qwen3Config(hidden={config.hidden_size}, layers={config.num_hidden_layers})",
@@ -113,5 +113,5 @@ def build_tiny_embedding_base(
     model = Qwen3Model(config).eval()
     with atomic_directory(directory) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        qwen_tokenizer(cache_dir).save_pretrained(tmp)
+        save_tokenizer(cache_dir, tmp)
     return directory

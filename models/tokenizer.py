@@ -5,14 +5,21 @@ ranks) with transformers' tiktoken converter, plus Qwen3's 26 special tokens (id
 NFC normalisation as in Qwen2/3's ``tokenizer.json``, and the Qwen3-Embedding post-processor that
 appends ``<|endoftext|>`` (id 151643, also the pad id) to every text. Conversion takes seconds,
 so the result is cached as a ``tokenizer.json`` and copied into every checkpoint built here.
+
+Checkpoints get the files the hub's Qwen3 repositories have (``tokenizer.json``, ``vocab.json``,
+``merges.txt``, ``tokenizer_config.json`` naming ``Qwen2Tokenizer``), so they load with
+transformers 4.x and 5.x alike, not only with the version that wrote them.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, normalizers, processors
 from transformers import PreTrainedTokenizerFast
@@ -75,3 +82,64 @@ def qwen_tokenizer(cache_dir: Path) -> PreTrainedTokenizerFast:
         padding_side="right",
         model_max_length=32768,
     )
+
+
+# What the hub's Qwen3 repositories carry for their tokenizer; a checkpoint copies these from its base.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+    "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+)  # fmt: skip
+
+
+def tokenizer_config(*, max_length: int = 32768, padding_side: str = "right") -> dict[str, Any]:
+    """A ``tokenizer_config.json`` as the hub's Qwen3 files write it (class ``Qwen2Tokenizer``)."""
+    return {
+        "add_prefix_space": False,
+        "bos_token": None,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": ENDOFTEXT,
+        "errors": "replace",
+        "model_max_length": max_length,
+        "pad_token": ENDOFTEXT,
+        "padding_side": padding_side,
+        "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "unk_token": None,
+    }
+
+
+def save_tokenizer(
+    cache_dir: Path,
+    directory: Path,
+    *,
+    appends_eos: bool = True,
+    config: dict[str, Any] | None = None,
+    post_processor: dict[str, Any] | None = None,
+) -> None:
+    """Write the Qwen3 tokenizer files into ``directory``, laid out as on the hub.
+
+    ``appends_eos``: the Qwen3-Embedding post-processor (``<|endoftext|>`` after every text) or
+    the plain Qwen3 one (byte-level only); ``post_processor`` replaces either with a given one.
+    ``config``: the ``tokenizer_config.json`` to write (default :func:`tokenizer_config`).
+    """
+    qwen_tokenizer(cache_dir)  # converts and caches on first use
+    tok = Tokenizer.from_file(str(cache_dir / "qwen3-tokenizer.json"))
+    if post_processor is not None:
+        tok = Tokenizer.from_str(json.dumps({**json.loads(tok.to_str()), "post_processor": post_processor}))
+    elif not appends_eos:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save(str(directory / "tokenizer.json"))
+    tok.model.save(str(directory))  # vocab.json, merges.txt
+    text = json.dumps(config or tokenizer_config(), indent=2, ensure_ascii=False) + "\n"
+    (directory / "tokenizer_config.json").write_text(text, encoding="utf-8")
+
+
+def copy_tokenizer(base: Path, directory: Path) -> list[str]:
+    """Copy ``base``'s tokenizer files byte for byte (never a re-save, which would rename the class)."""
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (base / name).is_file():
+            shutil.copyfile(base / name, directory / name)
+            copied.append(name)
+    return copied

@@ -47,6 +47,7 @@ class LoopConfig:
     seed: int = 0
     save_every: int = 200  # optimizer steps between resumable snapshots
     distill: float = 0.0  # weight of the KL term towards a teacher's probabilities (0: hard labels only)
+    head_lr: float | None = None  # peak learning rate of the head's parameters (None: lr)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +158,10 @@ class Trainer:
         state_dir: Path,
         fingerprint: dict[str, Any],
         autocast: torch.dtype | None = None,
+        is_head: Callable[[str], bool] = lambda name: False,
         echo: Callable[[str], None] = print,
     ) -> None:
+        """``is_head``: which trainable parameters (by name) train at ``config.head_lr``."""
         self.model, self.logits_fn, self.config = model, logits_fn, config
         self.labels, self.pad_id, self.device = list(labels), pad_id, device
         self.state_path = state_dir / STATE_FILE
@@ -168,15 +171,15 @@ class Trainer:
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         if not self.params:
             raise ValueError("the model has no trainable parameters")
-        decay = [p for n, p in self.params.items() if p.ndim >= 2]
-        no_decay = [p for n, p in self.params.items() if p.ndim < 2]
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": config.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=config.lr,
-        )
+        groups = []
+        for head in (False, True):
+            peak = config.head_lr if head and config.head_lr is not None else config.lr
+            for decay in (True, False):
+                chosen = [p for n, p in self.params.items() if is_head(n) == head and (p.ndim >= 2) == decay]
+                if chosen:
+                    wd = config.weight_decay if decay else 0.0
+                    groups.append({"params": chosen, "weight_decay": wd, "peak_lr": peak, "lr": peak})
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr)
 
     def _logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.autocast is None:
@@ -300,7 +303,7 @@ class Trainer:
                 bar.update(1)
                 if (b + 1) % cfg.grad_accum == 0 or b + 1 == len(batches):
                     for group in self.optimizer.param_groups:
-                        group["lr"] = cfg.lr * schedule(step)
+                        group["lr"] = group["peak_lr"] * schedule(step)
                     torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.max_grad_norm)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)

@@ -471,7 +471,20 @@ def train_head_command(**o: Any) -> None:
 @click.option(
     "--targets", default="q_proj,k_proj,v_proj", show_default=True, help="Modules that get adapters."
 )
-@click.option("--lr", type=float, default=3e-5, show_default=True, help="Peak learning rate.")
+@click.option("--lr", type=float, default=3e-5, show_default=True, help="Peak learning rate of the adapters.")
+@click.option(
+    "--head-lr",
+    type=float,
+    default=1e-3,
+    show_default=True,
+    help="Peak learning rate of the freshly initialised score head.",
+)
+@click.option(
+    "--gradient-checkpointing/--no-gradient-checkpointing",
+    default=None,
+    help="Recompute activations in the backward pass: less memory, about a third more compute.  "
+    "[default: on with CUDA]",
+)
 @click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--grad-accum", type=int, default=1, show_default=True, help="Batches per optimizer step.")
@@ -487,7 +500,8 @@ def train_head_command(**o: Any) -> None:
     "--max-length",
     type=int,
     default=None,
-    help="Tokens per text.  [default: from the train split's 99th length percentile]",
+    help="Tokens per text, special tokens included.  [default: the train split's 99th length "
+    "percentile, at most 512]",
 )
 @click.option(
     "--save-every",
@@ -521,21 +535,67 @@ def train_lora_command(**o: Any) -> None:
     help="Labelled data (.tsv, .csv or .jsonl, as for train); labels as the checkpoint names them.",
 )
 @click.option("--label-map", default=None, help="Rename raw labels first, e.g. '1=negative,5=positive'.")
-@click.option("--device", default="cpu", show_default=True, help="Where to run the model (always float32).")
+@click.option("--device", default="cpu", show_default=True, help="Where to run the model.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default=None,
+    help="Precision.  [default: float32, or the dtype a head was fitted in, as its manifest records]",
+)
 @click.option("--plots", type=click.Path(path_type=Path), default=None, help="Write confusion.png here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def eval_command(
-    checkpoint: Path, data: Path, label_map: str | None, device: str, plots: Path | None, as_json: bool
+    checkpoint: Path,
+    data: Path,
+    label_map: str | None,
+    device: str,
+    dtype: str | None,
+    plots: Path | None,
+    as_json: bool,
 ) -> None:
     """Evaluate any checkpoint on any labelled file: accuracy, macro-F1, per class, confusion, ECE.
 
-    Runs in float32, which the engine computes identically alone or in any batch, so the numbers
-    equal those the trainer recorded for the same data (it says so when it finds them).
+    Runs in float32 (identical alone or in any batch) unless the checkpoint's head was fitted on
+    features of another dtype, so the numbers equal those the trainer recorded for the same data
+    (it says so when it finds them).
     """
     from worker.training_runs import run_eval
 
     _setup_logging("warning")
-    run_eval(checkpoint, data, label_map, device, plots, as_json)
+    run_eval(checkpoint, data, label_map, device, dtype, plots, as_json)
+
+
+@cli.group()
+def base() -> None:
+    """Base models to train on: `base tiny` writes a small stand-in for a hub repository."""
+
+
+@base.command("tiny")
+@click.option(
+    "--like",
+    type=click.Choice(["Qwen/Qwen3-0.6B", "Qwen/Qwen3-4B", "Qwen/Qwen3-Embedding-0.6B"]),
+    required=True,
+    help="The hub repository whose files to imitate.",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Directory to write (must not exist)."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@settings_options("home")
+def base_tiny(like: str, out: Path, seed: int, **options: Any) -> None:
+    """Write a tiny random-weight Qwen3 laid out exactly like a hub repository (no download).
+
+    Same files as the hub's (config.json with only the widths shrunk, safetensors with the same
+    key names and sharding, the Qwen3 tokenizer files and chat template, and for Qwen3-Embedding
+    its sentence-transformers files), so `train lora --base DIR` (Qwen3-0.6B/4B) and
+    `train head --base DIR` (Qwen3-Embedding) run end to end in minutes on a CPU. Its labels mean
+    nothing until trained.
+    """
+    from models.tiny_bases import build_tiny_base
+
+    home = load_settings(**options).home
+    build_tiny_base(like, out, cache_dir=home / "cache", seed=seed)
+    click.echo(f"wrote {out}: a tiny look-alike of {like} (random weights)")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

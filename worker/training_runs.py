@@ -50,7 +50,13 @@ def run_demo_preset(home: Path, out: Path | None, epochs: int | None, limit: int
 
 
 def run_eval(
-    checkpoint: Path, data: Path, label_map: str | None, device: str, plots: Path | None, as_json: bool
+    checkpoint: Path,
+    data: Path,
+    label_map: str | None,
+    device: str,
+    dtype: str | None,
+    plots: Path | None,
+    as_json: bool,
 ) -> None:
     from models.checkpoint_eval import evaluate_checkpoint, recorded_for
     from models.evaluation import format_report
@@ -59,7 +65,7 @@ def run_eval(
 
     manifest = load_manifest(checkpoint)
     examples = read_labelled(data, manifest.labels, label_map=parse_label_map(label_map))
-    report, _ = evaluate_checkpoint(checkpoint, examples, device=device)
+    report, _ = evaluate_checkpoint(checkpoint, examples, device=device, dtype=dtype)
     if plots is not None:
         plots.mkdir(parents=True, exist_ok=True)
         echo(f"wrote {confusion_png(report, plots / 'confusion.png')}")
@@ -98,6 +104,7 @@ def lora_run(options: dict[str, Any], data: Prepared, labels: list[str]) -> Path
         patience=options["patience"],
         seed=options["seed"],
         save_every=options["save_every"],
+        head_lr=options["head_lr"],
     )
     return train_lora(
         options["base"],
@@ -108,6 +115,7 @@ def lora_run(options: dict[str, Any], data: Prepared, labels: list[str]) -> Path
         loop=loop,
         max_length=options["max_length"],
         device=options["device"],
+        gradient_checkpointing=options["gradient_checkpointing"],
         fresh=options["fresh"],
         name=options["name"],
         echo=echo,

@@ -53,7 +53,8 @@ def test_max_length_follows_the_99th_percentile() -> None:
     lengths = [10] * 98 + [40, 500]
     chosen, stats = choose_max_length(lengths, limit=4096)
     assert stats == {"p50": 10, "p90": 10, "p99": 40, "max": 500}
-    assert chosen == 48  # 40 tokens + EOS, rounded up to a multiple of 8
+    assert chosen == 40  # special tokens are in the lengths already; a multiple of 8
+    assert choose_max_length([41] * 100, limit=4096)[0] == 48  # rounded up to a multiple of 8
     assert choose_max_length(lengths, limit=32)[0] == 32
 
 
