@@ -15,7 +15,7 @@ from models.demo_reviews import LABELS, demo_splits, write_tsv
 from models.engine import load_classifier
 from models.head_training import train_head
 from models.lora import train_lora
-from models.tiny import build_tiny_embedding_base
+from models.tiny_bases import build_tiny_base
 from models.training import LoopConfig
 from tests.integration.conftest import WorkerFactory
 from worker.broker import create_topics
@@ -27,8 +27,13 @@ N = 40
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[str, Path]:
+    """`train lora` on bases shaped like Qwen/Qwen3-0.6B and Qwen/Qwen3-4B (sharded), `train head`
+    on one shaped like Qwen/Qwen3-Embedding-0.6B: the files users bring, not the test-only tiny one."""
     root = tmp_path_factory.mktemp("trained")
-    base = build_tiny_embedding_base(root / "base", cache_dir=cache_dir, seed=5)
+    bases = {
+        like: build_tiny_base(like, root / "bases" / like.split("/")[1], cache_dir=cache_dir, seed=5)
+        for like in ("Qwen/Qwen3-0.6B", "Qwen/Qwen3-4B", "Qwen/Qwen3-Embedding-0.6B")
+    }
     splits = demo_splits()
     files = {}
     for name, part in (("train", splits.train[:160]), ("dev", splits.dev[:40])):
@@ -36,15 +41,18 @@ def trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[s
         write_tsv(files[name], part)
     data = prepare_splits(files["train"], files["dev"], None, LABELS)
     quiet = lambda _: None  # noqa: E731
+    loop = LoopConfig(epochs=1, lr=2e-3)
     return {
-        "lora": train_lora(base, data, LABELS, root / "lora", loop=LoopConfig(epochs=1, lr=2e-3),
-                           device="cpu", echo=quiet),
-        "head": train_head(base, data, LABELS, root / "head", cache_dir=root / "cache", device="cpu",
-                           dimensions=32, echo=quiet),
+        "lora-0.6B": train_lora(bases["Qwen/Qwen3-0.6B"], data, LABELS, root / "lora-0.6B", loop=loop,
+                                max_length=128, device="cpu", echo=quiet),
+        "lora-4B": train_lora(bases["Qwen/Qwen3-4B"], data, LABELS, root / "lora-4B", loop=loop,
+                              max_length=128, device="cpu", echo=quiet),
+        "head": train_head(bases["Qwen/Qwen3-Embedding-0.6B"], data, LABELS, root / "head",
+                           cache_dir=root / "cache", device="cpu", dimensions=32, echo=quiet),
     }  # fmt: skip
 
 
-@pytest.mark.parametrize("kind", ["lora", "head"])
+@pytest.mark.parametrize("kind", ["lora-0.6B", "lora-4B", "head"])
 def test_worker_serves_a_trained_checkpoint_like_offline_eval(
     kind: str, trained: dict[str, Path], broker: str, topics: dict[str, str], start_worker: WorkerFactory
 ) -> None:
