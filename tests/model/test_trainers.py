@@ -145,6 +145,26 @@ def test_lora_trains_merges_and_is_served(base: Path, data_files: dict[str, Path
     assert_eval_reproduces(out, data_files["test"], "test")
 
 
+def test_gradient_checkpointing_saves_memory_not_results(
+    base: Path, data_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """Recomputed activations (on by default with CUDA) give the weights a plain run gives:
+    same losses, same dropout masks, same merged checkpoint."""
+    data = prepare_splits(data_files["train"], data_files["dev"], None, LABELS)
+    loop = LoopConfig(epochs=1, lr=2e-3, batch_size=16)
+    runs = {}
+    for checkpointing in (False, True):
+        out = tmp_path / f"gc-{checkpointing}"
+        train_lora(base, data, LABELS, out, loop=loop, max_length=40, device="cpu",
+                   gradient_checkpointing=checkpointing, echo=lambda _: None)  # fmt: skip
+        assert load_manifest(out).model_dump()["training"]["gradient_checkpointing"] is checkpointing
+        runs[checkpointing] = load_file(str(out / "model.safetensors"))
+    assert runs[True].keys() == runs[False].keys()
+    for key, tensor in runs[False].items():
+        torch.testing.assert_close(runs[True][key], tensor, rtol=0, atol=1e-6, msg=key)
+    assert not torch.equal(runs[True]["score.weight"], torch.zeros_like(runs[True]["score.weight"]))
+
+
 def test_head_trains_on_cached_embeddings(base: Path, data_files: dict[str, Path], tmp_path: Path) -> None:
     data = prepare_splits(data_files["train"], data_files["dev"], data_files["test"], LABELS)
     cache = tmp_path / "cache"

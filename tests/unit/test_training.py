@@ -194,3 +194,20 @@ def test_resume_refuses_state_of_another_run(tmp_path: Path) -> None:
     )  # fmt: skip
     with pytest.raises(Exception, match="state of a run with other data or settings"):
         other.fit(train, dev)
+
+
+def test_the_head_trains_at_its_own_learning_rate(tmp_path: Path) -> None:
+    """A freshly initialised head next to pretrained weights: its own peak rate, same schedule."""
+    model = BagModel()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = Trainer(
+        model, model.logits, LoopConfig(epochs=1, lr=0.0, head_lr=0.05, batch_size=16), labels=["no", "yes"],
+        pad_id=0, device=torch.device("cpu"), state_dir=tmp_path, fingerprint={"test": 3},
+        is_head=lambda name: name.startswith("out."),
+    )  # fmt: skip
+    peaks = sorted(g["peak_lr"] for g in trainer.optimizer.param_groups)
+    assert peaks == [0.0, 0.05, 0.05]  # body (weights only: an embedding has no bias), head weight + bias
+    trainer.fit(toy_data(100, 0), toy_data(50, 1))
+    after = dict(model.named_parameters())
+    assert torch.equal(after["emb.weight"], before["emb.weight"])  # lr 0: the body stays
+    assert not torch.equal(after["out.weight"], before["out.weight"])  # the head moved
