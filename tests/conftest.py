@@ -56,3 +56,12 @@ def topics() -> dict[str, str]:
         "dlq": f"reviews.dlq-{tag}",
         "group": f"sentiment-test-{tag}",
     }
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under the README's `-n 2 --dist loadgroup` the fault suite runs on one xdist worker, one test
+    at a time, as its sizes were chosen for; the other tests are shared out between both workers
+    (each worker starts its own dev broker)."""
+    for item in items:
+        if "faults" in item.keywords:
+            item.add_marker(pytest.mark.xdist_group("faults"))

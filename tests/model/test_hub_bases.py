@@ -145,6 +145,10 @@ def test_lora_classifier_scores_as_transformers_does(like: str, checkpoints: dic
     checkpoint = checkpoints[like]
     manifest = load_manifest(checkpoint)
     assert manifest.max_length == MAX_LENGTH
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):  # the base's, as is
+        assert (checkpoint / name).read_bytes() == (
+            checkpoint.parent.parent / "bases" / like.split("/")[1] / name
+        ).read_bytes()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = Qwen3ForSequenceClassification.from_pretrained(checkpoint, dtype=torch.float32).eval()
     batch = tokenizer(TEXTS, truncation=True, max_length=MAX_LENGTH, padding=True, return_tensors="pt")
