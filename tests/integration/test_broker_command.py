@@ -32,6 +32,8 @@ def test_broker_command_creates_topics_and_stops_on_ctrl_c() -> None:
         [sys.executable, "-m", "worker", "broker", "--port", str(port), "--partitions", "5"],
         stderr=subprocess.PIPE,
         text=True,
+        # as from a terminal: pytest-xdist workers ignore SIGINT, and a child inherits that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         line = proc.stderr.readline() if proc.stderr else ""
