@@ -108,10 +108,9 @@ def qwen3_tokenizer_config(*, model_max_length: int, padding_side: str | None) -
         for i, token in enumerate(SPECIAL_TOKENS)
     }  # fmt: skip
     config: dict[str, Any] = {
-        "add_bos_token": False,
         "add_prefix_space": False,
         "added_tokens_decoder": decoder,
-        "additional_special_tokens": list(SPECIAL_TOKENS[1:13]),
+        "additional_special_tokens": list(SPECIAL_TOKENS[1:_SPECIAL_COUNT]),  # <|im_start|> … <|video_pad|>
         "bos_token": None,
         "chat_template": chat_template(),
         "clean_up_tokenization_spaces": False,
@@ -122,6 +121,7 @@ def qwen3_tokenizer_config(*, model_max_length: int, padding_side: str | None) -
         "split_special_tokens": False,
         "tokenizer_class": "Qwen2Tokenizer",
         "unk_token": None,
+        "add_bos_token": False,
     }
     if padding_side is not None:
         config["padding_side"] = padding_side

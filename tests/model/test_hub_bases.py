@@ -113,6 +113,10 @@ def test_the_bases_are_laid_out_like_the_hub_repositories(bases: dict[str, Path]
         tok_config = json.loads((base / "tokenizer_config.json").read_text())
         assert tok_config["tokenizer_class"] == "Qwen2Tokenizer"
         assert "enable_thinking" in tok_config["chat_template"]
+        assert len(tok_config["added_tokens_decoder"]) == 26
+        assert tok_config["additional_special_tokens"][0] == "<|im_start|>"
+        assert tok_config["additional_special_tokens"][-1] == "<|video_pad|>"
+        assert len(tok_config["additional_special_tokens"]) == 13
         tokenizer = AutoTokenizer.from_pretrained(base)
         appended = tokenizer("好").input_ids[-1] == tokenizer.convert_tokens_to_ids("<|endoftext|>")
         assert appended == layout.embedding
