@@ -33,9 +33,7 @@ def data_digest(examples: Sequence[LabelledText]) -> str:
 def evaluation_dtype(directory: Path) -> str:
     """The dtype a checkpoint is evaluated in: the one its head was fitted on (manifest
     ``features.dtype``, e.g. bfloat16 for a head trained on a GPU), else float32."""
-    features = load_manifest(directory).model_dump().get("features")
-    dtype = features.get("dtype") if isinstance(features, dict) else None
-    return dtype if isinstance(dtype, str) else "float32"
+    return load_manifest(directory).fitted_dtype or "float32"
 
 
 def evaluate_checkpoint(

@@ -412,8 +412,7 @@ def load_classifier(
         max_batch_size=max_batch_size,
         compile=compile,
     )
-    features = manifest.model_dump().get("features")
-    fitted = features.get("dtype") if isinstance(features, dict) else None
+    fitted = manifest.fitted_dtype
     if fitted and fitted != engine.info.dtype:
         log.warning(
             "%s: the head was fitted on %s features but runs in %s here; labels near the decision "

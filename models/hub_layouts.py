@@ -11,7 +11,7 @@ sentence-transformers files.
 from __future__ import annotations
 
 import importlib.resources
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from models.tokenizer import SPECIAL_TOKENS
@@ -191,7 +191,7 @@ class Layout:
     shards: int  # model.safetensors (1) or model-0000k-of-0000n.safetensors + index
     embedding: bool  # Qwen3-Embedding: appends <|endoftext|>, pads left, sentence-transformers files
     model_max_length: int
-    generation_config: dict[str, Any] | None = field(default=None)
+    generation_config: dict[str, Any] | None = None
 
 
 LAYOUTS: dict[str, Layout] = {

@@ -122,9 +122,9 @@ def train_lora(
     parts = {"train": data.splits.train, "dev": data.splits.dev, "test": data.splits.test}
     # The serving tokenizer exactly (the checkpoint copies the base's files): the texts train as
     # the worker will see them, special tokens included, cut at the same max_length.
-    full, _ = load_tokenizer(base, config.max_position_embeddings, append_eos=False)
     stats: dict[str, int] = {}
     if max_length is None:
+        full, _ = load_tokenizer(base, config.max_position_embeddings, append_eos=False)
         lengths = [len(e.ids) for e in full.encode_batch([x.text for x in parts["train"]])]
         max_length, stats = choose_max_length(
             lengths, limit=min(MAX_LENGTH_CAP, config.max_position_embeddings)

@@ -45,6 +45,13 @@ class Manifest(BaseModel):
             raise ValueError("label names must be distinct")
         return labels
 
+    @property
+    def fitted_dtype(self) -> str | None:
+        """The dtype of the features the head was fitted on (``features.dtype``), if recorded."""
+        features = (self.model_extra or {}).get("features")
+        dtype = features.get("dtype") if isinstance(features, dict) else None
+        return dtype if isinstance(dtype, str) else None
+
     def save(self, directory: Path) -> None:
         data = self.model_dump(mode="json")
         (directory / MANIFEST).write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")

@@ -24,7 +24,7 @@ from models.hub_layouts import (
     Layout,
     qwen3_tokenizer_config,
     st_pooling,
-)  # fmt: skip
+)
 from models.tiny import atomic_directory
 from models.tokenizer import save_tokenizer
 from schemas.errors import ConfigError
@@ -64,27 +64,25 @@ def _weights(layout: Layout, config: dict[str, Any], seed: int) -> dict[str, tor
     return state
 
 
-def _save_weights(directory: Path, state: dict[str, torch.Tensor], shards: int) -> list[str]:
+def _save_weights(directory: Path, state: dict[str, torch.Tensor], shards: int) -> None:
     """``model.safetensors``, or ``shards`` files named as the hub names them plus the index."""
     meta = {"format": "pt"}
     if shards == 1:
         save_file(state, str(directory / "model.safetensors"), metadata=meta)
-        return ["model.safetensors"]
+        return
     keys = list(state)
     size = -(-len(keys) // shards)
-    files, weight_map = [], {}
+    weight_map: dict[str, str] = {}
     for i in range(shards):
         name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
         part = {k: state[k] for k in keys[i * size : (i + 1) * size]}
         save_file(part, str(directory / name), metadata=meta)
         weight_map.update(dict.fromkeys(part, name))
-        files.append(name)
     total = sum(t.numel() * t.element_size() for t in state.values())
     _write_json(
         directory / "model.safetensors.index.json",
         {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
     )
-    return files
 
 
 def build_tiny_base(like: str, out: Path, *, cache_dir: Path, seed: int = 0) -> Path:
