@@ -245,9 +245,10 @@ def run_worker(settings: Settings) -> None:
     """
     from models.default import default_checkpoint
     from models.engine import load_classifier, resolve_device
-    from worker.processes import StopRequested, stop_on_signals
+    from worker.processes import StopRequested, require_free_ports, stop_on_signals
 
     parse_topic_config(settings.topic_config)  # a malformed one fails now, not after the model loads
+    require_free_ports(settings.web_host, [settings.web_port])  # likewise a web port in use
     try:
         with stop_on_signals():
             require_reachable(settings.broker_list, security=aiokafka_security(settings))

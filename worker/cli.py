@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging.config
 import os
+import re
 import sys
 import types
 import typing
@@ -38,13 +39,15 @@ def _click_type(annotation: Any) -> Any:
 def setting(name: str) -> Callable[[F], F]:
     """A ``--name`` option documented from the settings field of the same name."""
     field = Settings.model_fields[name]
-    default = "built-in" if field.default is None else field.default
+    # An unset optional (no credential, no TLS file, the cluster's own replication factor) shows
+    # no default: its description says what happens without it.
+    default = "" if field.default is None else f"; default: {field.default}"
     return click.option(
         f"--{name.replace('_', '-')}",
         name,
         type=_click_type(field.annotation),
         default=None,
-        help=f"{field.description} [env: {ENV_PREFIX}{name.upper()}; default: {default}]",
+        help=f"{field.description} [env: {ENV_PREFIX}{name.upper()}{default}]",
     )
 
 
@@ -55,6 +58,37 @@ def settings_options(*names: str) -> Callable[[F], F]:
         return fun
 
     return decorate
+
+
+TINY_LIKES = ("Qwen/Qwen3-0.6B", "Qwen/Qwen3-4B", "Qwen/Qwen3-Embedding-0.6B")
+
+
+def base_directory(value: str) -> Path:
+    """``--base``: a directory, or a hub id already in the local Hugging Face cache (never downloaded).
+
+    A missing directory and a hub id that is not in the cache each get their own message, the
+    latter with the commands that fetch it or build a stand-in without a download.
+    """
+    path = Path(value).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ConfigError(f"--base {value}: not a directory")
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", value) and not path.parent.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(value, local_files_only=True))
+        except Exception:  # any failure here means "not in the local cache"
+            stem = value.rsplit("/", 1)[1]
+            like = value if value in TINY_LIKES else "|".join(TINY_LIKES)
+            raise ConfigError(
+                f"--base {value}: no such directory, and not a model in the local Hugging Face cache "
+                f"(nothing is downloaded). Fetch it first: `hf download {value} --local-dir "
+                f"bases/{stem}`, then --base bases/{stem}; or try a stand-in without a download: "
+                f"`sentiment base tiny --like {like} --out bases/{stem}-tiny`"
+            ) from None
+    raise ConfigError(f"--base {value}: no such directory")
 
 
 KAFKA = (
@@ -94,6 +128,16 @@ def cli() -> None:
 
     Quick start (one terminal each):  sentiment broker;  sentiment worker;
     sentiment produce --file reviews.txt;  sentiment tail.  Or all at once: sentiment demo.
+
+    \b
+    Exit status of every command:
+      0    done
+      2    a usage, setting, file, checkpoint or network error: one line on stderr naming
+           the flag or SENTIMENT_* variable, the file and line, or the host:port
+      3    predict: some input lines were bad and got error records (see predict --help)
+      70   worker: a record the broker refuses for good; 71: the model fails on every text
+      130  stopped by Ctrl-C (SIGINT); 143: predict stopped by SIGTERM
+    The worker and the broker stop cleanly on SIGTERM or Ctrl-C and exit 0.
     """
 
 
@@ -118,13 +162,20 @@ def worker(**options: Any) -> None:
     reach the pod's IP, not its loopback. On a shared host bind 127.0.0.1 (or a private
     interface): the endpoints have no authentication. Give the SASL password in
     SENTIMENT_SASL_PASSWORD, not --sasl-password, which the process list shows.
+
+    Before the model loads, it exits with 2 and one line on stderr when --web-port (with
+    --processes N: any of the N ports from it) is in use or no broker answers.
     """
-    from worker.app import require_reachable, run_worker
-    from worker.security import aiokafka_security
+    from worker.processes import require_free_ports, web_ports
 
     settings = load_settings(**options)
     _setup_logging(settings.log_level)
     _warn_if_password_given(options)
+    # before the seconds of importing torch and faust, and before the model loads
+    require_free_ports(settings.web_host, web_ports(settings.web_port, settings.processes))
+    from worker.app import require_reachable, run_worker
+    from worker.security import aiokafka_security
+
     if settings.processes == 1:
         run_worker(settings)
         return
@@ -158,33 +209,46 @@ def worker(**options: Any) -> None:
 )  # fmt: skip
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 def broker(host: str, **options: Any) -> None:
-    """Run the embedded Kafka-compatible dev broker (tansu, in memory) until Ctrl-C.
+    """Run the embedded Kafka-compatible dev broker (tansu, in memory) until Ctrl-C or SIGTERM.
 
     Creates the input, output and dead-letter topics with --partitions partitions (one replica:
     it is one node) and the --topic-config configs. Everything is kept in memory and lost on
     exit: for development and tests, not production.
+
+    Exit status: 0 when stopped by Ctrl-C (SIGINT), SIGTERM or SIGHUP, each of which stops tansu
+    too; 2, with one line on stderr, when it cannot start (--port already in use) or tansu dies.
     """
-    from worker.broker import DevBroker, create_topics, parse_topic_config
+    import signal
+
+    from worker.broker import BrokerError, DevBroker, PortInUseError, create_topics, parse_topic_config
+    from worker.processes import StopRequested, stop_on_signals
 
     settings = load_settings(**options)
     _setup_logging(settings.log_level)
     configs = parse_topic_config(settings.topic_config)
     topics = [settings.input_topic, settings.output_topic, settings.dlq_topic]
-    with DevBroker(settings.port, host=host) as dev:
-        asyncio.run(
-            create_topics(
-                dev.bootstrap, topics, partitions=settings.partitions, replication_factor=1, configs=configs
-            )
-        )
-        click.echo(f"broker listening on {dev.bootstrap}; topics {', '.join(topics)} "
-                   f"({settings.partitions} partitions). Ctrl-C stops it.", err=True)  # fmt: skip
+    dev = DevBroker(settings.port, host=host)
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    with stop_on_signals(stops, keep_ignored=True, once=True):  # nohup's SIGHUP stays ignored
         try:
-            assert dev.process is not None
-            dev.process.wait()
-        except KeyboardInterrupt:
+            dev.start()
+            partitions = settings.partitions
+            asyncio.run(
+                create_topics(
+                    dev.bootstrap, topics, partitions=partitions, replication_factor=1, configs=configs
+                )
+            )
+            click.echo(f"broker listening on {dev.bootstrap}; topics {', '.join(topics)} "
+                       f"({partitions} partitions). Ctrl-C or SIGTERM stops it.", err=True)  # fmt: skip
+            code = dev.wait()
+        except StopRequested:
             click.echo("stopping broker", err=True)
-    if dev.process is not None and dev.process.returncode not in (0, -15, None):
-        raise SentimentError(f"broker exited with code {dev.process.returncode}")
+            return
+        except PortInUseError as exc:
+            raise PortInUseError(f"{exc}; choose another with --port or {ENV_PREFIX}PORT") from None
+        finally:
+            dev.stop()
+    raise BrokerError(f"the dev broker (tansu) exited by itself, with code {code}")
 
 
 @cli.command()
@@ -192,9 +256,9 @@ def broker(host: str, **options: Any) -> None:
 @click.option(
     "--file",
     "file",
-    type=click.File("r", encoding="utf-8"),
+    type=click.File("rb"),
     default="-",
-    help="File to read, one message per line ('-' = stdin).  [default: stdin]",
+    help="UTF-8 file to read, one message per line ('-' = stdin).  [default: stdin]",
 )
 @click.option(
     "--format",
@@ -205,19 +269,26 @@ def broker(host: str, **options: Any) -> None:
     help="json: each line is a message value as is; text: each line is a review text; "
     "auto: lines starting with '{' are JSON.",
 )
-def produce(file: typing.TextIO, fmt: str, **options: Any) -> None:
-    """Send reviews to the input topic, from a file or stdin, one per line."""
+def produce(file: typing.BinaryIO, fmt: str, **options: Any) -> None:
+    """Send reviews to the input topic, from a file or stdin, one per line.
+
+    Blank lines are skipped. The whole input is read before anything is sent: a line that is not
+    UTF-8 stops it with the file and line, and nothing is sent; so does an input with no message.
+    """
+    from models.data import utf8_lines
     from worker.clients import line_to_message, produce_values
+    from worker.security import aiokafka_security
 
     settings = load_settings(**options)
     _warn_if_password_given(options)
+    name = "<stdin>" if file.name == "<stdin>" else file.name
     messages = [
         line_to_message(line, fmt=fmt, lineno=n)  # type: ignore[arg-type]
-        for n, line in enumerate(file, 1)
+        for n, line in utf8_lines(file, name)
         if line.strip()
     ]
-    from worker.security import aiokafka_security
-
+    if not messages:
+        raise ConfigError(f"{name} holds no messages to send (only blank lines, or nothing)")
     sent = asyncio.run(
         produce_values(settings.brokers, settings.input_topic, messages, security=aiokafka_security(settings))
     )
@@ -233,8 +304,16 @@ def produce(file: typing.TextIO, fmt: str, **options: Any) -> None:
               help="Stop after this many seconds with no new message.")  # fmt: skip
 @click.option("--from-end", is_flag=True, help="Only new messages (default: from the beginning).")
 def tail(limit: int | None, timeout_s: float | None, from_end: bool, **options: Any) -> None:
-    """Print results (or any topic, with --output-topic) as JSON lines."""
-    from worker.clients import consume
+    """Print results (or any topic, with --output-topic) as JSON lines.
+
+    A dead letter (e.g. `--output-topic reviews.dlq`) prints as one JSON object with why it was
+    dead-lettered and where it came from: {"dead_letter": true, "error": {"reason", "class",
+    "message"}, "source": {"topic", "partition", "offset"}, "original": {"size", "sha256",
+    "truncated"}, "value": the original bytes as text}.
+    """
+    import orjson
+
+    from worker.clients import consume, dead_letter_view
     from worker.security import aiokafka_security
 
     settings = load_settings(**options)
@@ -242,7 +321,7 @@ def tail(limit: int | None, timeout_s: float | None, from_end: bool, **options: 
     security = aiokafka_security(settings)
 
     async def run() -> None:
-        async for _key, value, _headers in consume(
+        async for _key, value, headers in consume(
             settings.brokers,
             settings.output_topic,
             limit=limit,
@@ -250,7 +329,11 @@ def tail(limit: int | None, timeout_s: float | None, from_end: bool, **options: 
             from_beginning=not from_end,
             security=security,
         ):
-            click.echo((value or b"").decode("utf-8", "replace"))
+            dead = dead_letter_view(value, headers)
+            if dead is not None:
+                click.echo(orjson.dumps(dead).decode())
+            else:
+                click.echo((value or b"").decode("utf-8", "replace"))
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
@@ -259,17 +342,35 @@ def tail(limit: int | None, timeout_s: float | None, from_end: bool, **options: 
 @cli.command()
 @settings_options(*MODEL)
 @click.option("--text", "texts", multiple=True, help="A text to classify (repeatable).")
-@click.option("--file", "file", type=click.File("r", encoding="utf-8"), default=None,
-              help="One text per line, or JSON lines with a 'text' field ('-' = stdin).")  # fmt: skip
+@click.option("--file", "file", type=click.File("rb"), default=None,
+              help="UTF-8, one text per line, or JSON lines with a 'text' field ('-' = stdin).")  # fmt: skip
 @click.option("--format", "fmt", type=click.Choice(["json", "table"]), default="json", show_default=True)
-def predict(texts: tuple[str, ...], file: typing.TextIO | None, fmt: str, **options: Any) -> None:
-    """Classify texts with a checkpoint, without Kafka. Reads stdin when no --text/--file."""
+@click.option("--skip-bad", is_flag=True, help="Leave bad lines out instead of writing error records.")
+def predict(
+    texts: tuple[str, ...], file: typing.BinaryIO | None, fmt: str, skip_bad: bool, **options: Any
+) -> None:
+    """Classify texts with a checkpoint, without Kafka. Reads stdin when no --text/--file.
+
+    Results are written in input order as they are computed, a chunk of 256 at a time (blank
+    lines are skipped). A bad line (not UTF-8, not valid JSON, a JSON object without a string
+    'text') gets an error record {"line": N, "error": "..."} in its place, so output line k stays
+    input record k; --skip-bad leaves it out instead. stderr names the first bad line when it is
+    read, and ends with how many lines were bad, of which kind.
+    Ctrl-C or SIGTERM stops between whole lines and says how many results were written.
+
+    \b
+    Exit status:
+      0    every record classified (with --skip-bad: bad lines skipped)
+      2    nothing to classify, or a bad option or checkpoint
+      3    finished, but some lines were bad and got error records
+      130  stopped by Ctrl-C (SIGINT); 143: by SIGTERM
+    """
     from worker.predict import run_predict
 
     settings = load_settings(**options)
     if not texts and file is None:
-        file = click.get_text_stream("stdin")
-    run_predict(settings, list(texts), file, fmt)
+        file = click.get_binary_stream("stdin")
+    run_predict(settings, list(texts), file, fmt, skip_bad=skip_bad)
 
 
 @cli.command()
@@ -316,7 +417,8 @@ def report(prometheus: str, minutes: float, out: Path, dashboard: Path | None) -
 
 
 def data_options(fun: F) -> F:
-    """--train/--dev/--test/--labels/--label-map/--out/--seed/--name, shared by train head and lora."""
+    """--train/--dev/--test/--labels/--label-map/--out/--seed/--name/--skip-bad/--base, shared by
+    train head and lora."""
     options = [
         click.option(
             "--train",
@@ -361,10 +463,16 @@ def data_options(fun: F) -> F:
         ),
         click.option("--name", default=None, help="Model name reported in results.  [default: --out's name]"),
         click.option(
+            "--skip-bad",
+            is_flag=True,
+            help="Leave bad data rows out (says how many and why) instead of stopping at the first.",
+        ),
+        click.option(
             "--base",
-            type=click.Path(path_type=Path),
             required=True,
-            help="Directory of the Qwen3 base (safetensors, config.json, tokenizer.json).",
+            callback=lambda _ctx, _param, value: base_directory(value),
+            help="Directory of the Qwen3 base (safetensors, config.json, tokenizer.json), or a hub id "
+            "already in the local Hugging Face cache (nothing is downloaded).",
         ),
     ]
     for option in reversed(options):
@@ -437,13 +545,16 @@ def train(
 @settings_options("device", "dtype", "home")
 def train_head_command(**o: Any) -> None:
     """Embed with a frozen Qwen3-Embedding base (cached under --home) and fit a head on the vectors."""
-    from models.head_training import train_head
     from worker.training_runs import echo, labels_option, prepared
 
     settings = load_settings(home=o["home"], device=o["device"], dtype=o["dtype"])
     _setup_logging("warning")
     labels = labels_option(o["labels"])
-    data = prepared(o["train_file"], o["dev_file"], o["test_file"], labels, o["label_map"], o["seed"])
+    data = prepared(
+        o["train_file"], o["dev_file"], o["test_file"], labels, o["label_map"], o["seed"], o["skip_bad"]
+    )
+    from models.head_training import train_head  # torch: after the data is read
+
     train_head(
         o["base"],
         data,
@@ -522,7 +633,9 @@ def train_lora_command(**o: Any) -> None:
     _setup_logging("warning")
     o["device"] = load_settings(device=o["device"]).device
     labels = labels_option(o["labels"])
-    data = prepared(o["train_file"], o["dev_file"], o["test_file"], labels, o["label_map"], o["seed"])
+    data = prepared(
+        o["train_file"], o["dev_file"], o["test_file"], labels, o["label_map"], o["seed"], o["skip_bad"]
+    )
     lora_run(o, data, labels)
 
 
@@ -544,6 +657,11 @@ def train_lora_command(**o: Any) -> None:
 )
 @click.option("--plots", type=click.Path(path_type=Path), default=None, help="Write confusion.png here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option(
+    "--skip-bad",
+    is_flag=True,
+    help="Leave bad data rows out (says how many and why) instead of stopping at the first.",
+)
 def eval_command(
     checkpoint: Path,
     data: Path,
@@ -552,6 +670,7 @@ def eval_command(
     dtype: str | None,
     plots: Path | None,
     as_json: bool,
+    skip_bad: bool,
 ) -> None:
     """Evaluate any checkpoint on any labelled file: accuracy, macro-F1, per class, confusion, ECE.
 
@@ -562,7 +681,7 @@ def eval_command(
     from worker.training_runs import run_eval
 
     _setup_logging("warning")
-    run_eval(checkpoint, data, label_map, device, dtype, plots, as_json)
+    run_eval(checkpoint, data, label_map, device, dtype, plots, as_json, skip_bad)
 
 
 @cli.group()
@@ -573,7 +692,7 @@ def base() -> None:
 @base.command("tiny")
 @click.option(
     "--like",
-    type=click.Choice(["Qwen/Qwen3-0.6B", "Qwen/Qwen3-4B", "Qwen/Qwen3-Embedding-0.6B"]),
+    type=click.Choice(TINY_LIKES),
     required=True,
     help="The hub repository whose files to imitate.",
 )

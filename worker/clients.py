@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -10,11 +11,37 @@ from typing import Any, Literal
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.structs import RecordMetadata
 
+from schemas.errors import SentimentError
 from schemas.messages import now_ms
 
 LineFormat = Literal["auto", "json", "text"]
+
+
+class KafkaClientError(SentimentError):
+    """``produce`` or ``tail`` could not reach the brokers, or a request failed: one line, no traceback."""
+
+
+async def _start(client: AIOKafkaProducer | AIOKafkaConsumer, brokers: str) -> None:
+    """Start ``client``; a failure becomes a :class:`KafkaClientError` naming the brokers, and the
+    client is closed (no "Unclosed AIOKafkaProducer" warning after the error)."""
+    quiet = logging.getLogger("aiokafka")  # its "Unable connect to …" line would repeat ours
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        await client.start()
+    except KafkaError as exc:
+        await client.stop()
+        if isinstance(exc, KafkaConnectionError):
+            raise KafkaClientError(
+                f"cannot reach a Kafka broker at {brokers} (--brokers or SENTIMENT_BROKERS); "
+                "is one running? (`sentiment broker` starts a dev broker)"
+            ) from None
+        raise KafkaClientError(f"{brokers}: {type(exc).__name__}: {exc}") from None
+    finally:
+        quiet.setLevel(level)
 
 
 def line_to_message(line: str, *, fmt: LineFormat, lineno: int) -> tuple[bytes | None, bytes]:
@@ -49,10 +76,14 @@ async def produce_values(
     ``security``: TLS/SASL keyword arguments (``worker.security.aiokafka_security``).
     """
     producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", linger_ms=5, **(security or {}))
-    await producer.start()
+    await _start(producer, brokers)
     try:
         futures = [await producer.send(topic, value, key=key) for key, value in messages]
         return list(await asyncio.gather(*futures))
+    except KafkaError as exc:
+        raise KafkaClientError(
+            f"sending to {topic} at {brokers} failed: {type(exc).__name__}: {exc}"
+        ) from None
     finally:
         await producer.stop()
 
@@ -78,12 +109,17 @@ async def consume(
         auto_offset_reset="earliest" if from_beginning else "latest",
         **(security or {}),
     )
-    await consumer.start()
+    await _start(consumer, brokers)
     seen = 0
     last = time.monotonic()
     try:
         while limit is None or seen < limit:
-            batch = await consumer.getmany(timeout_ms=200)
+            try:
+                batch = await consumer.getmany(timeout_ms=200)
+            except KafkaError as exc:
+                raise KafkaClientError(
+                    f"reading {topic} at {brokers} failed: {type(exc).__name__}: {exc}"
+                ) from None
             if not batch:
                 if timeout_s is not None and time.monotonic() - last > timeout_s:
                     return
@@ -97,3 +133,23 @@ async def consume(
                         return
     finally:
         await consumer.stop()
+
+
+def dead_letter_view(value: bytes | None, headers: list[tuple[str, bytes]]) -> dict[str, Any] | None:
+    """A dead letter as one JSON object for ``tail``: why (``error``), where it came from
+    (``source``: topic, partition, offset), what is kept of it (``original``) and the value as
+    text. ``None`` for a record that is not a dead letter (no ``error.reason`` header)."""
+    found = {key: raw.decode("utf-8", "replace") for key, raw in headers if raw is not None}
+    if "error.reason" not in found:
+        return None
+
+    def group(prefix: str) -> dict[str, str]:
+        return {k.removeprefix(prefix): v for k, v in found.items() if k.startswith(prefix)}
+
+    return {
+        "dead_letter": True,
+        "error": group("error."),
+        "source": group("source."),
+        "original": group("original."),
+        "value": None if value is None else value.decode("utf-8", "replace"),
+    }

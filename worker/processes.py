@@ -8,15 +8,18 @@ ends when they end: with 0 when all stopped cleanly, else with the failing code 
 the others to stop, so each finishes and commits its batch in hand).
 
 Also the signal handling of a worker's loading phase (:func:`stop_on_signals`), before faust
-installs its own handlers.
+installs its own handlers, and the check that the web ports are free (:func:`require_free_ports`),
+made up front by the parent for all N.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +30,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
+from schemas.errors import ConfigError
+from worker.broker import bind_problem, describe_bind_problem
 from worker.settings import ENV_PREFIX
 
 log = logging.getLogger(__name__)
@@ -204,6 +209,34 @@ class Supervisor:
         return shell_code(self.code)
 
 
+def web_ports(first_port: int, count: int) -> list[int]:
+    """The web ports of ``count`` workers: ``first_port`` and the ports after it; each any free
+    port (0) when ``first_port`` is 0."""
+    return [first_port + i if first_port else 0 for i in range(count)]
+
+
+def require_free_ports(host: str, ports: Sequence[int]) -> None:
+    """Fail fast, with one line, when the web server could not listen on ``host`` at one of
+    ``ports`` (the ``--processes`` workers' ports): before the model loads, not as faust's
+    crash seconds later. Port 0 (any free port) always can."""
+    many = f"; --processes {len(ports)} uses ports {ports[0]}-{ports[-1]}" if len(ports) > 1 else ""
+    hint = f"; choose another with --web-port or {ENV_PREFIX}WEB_PORT"
+    for port in ports:
+        if port > 65535:
+            raise ConfigError(f"--web-port {ports[0]} is too high{many}, past the last port, 65535")
+        problem = bind_problem(host, port) if port else None
+        if isinstance(problem, socket.gaierror):
+            raise ConfigError(f"--web-host {host}: cannot resolve it ({problem.strerror or problem})")
+        if problem is not None and problem.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(
+                f"--web-host {host} is not an address of this machine ({problem.strerror}); "
+                f"see --web-host or {ENV_PREFIX}WEB_HOST"
+            )
+        if problem is not None:
+            what = describe_bind_problem(problem, port)
+            raise ConfigError(f"--web-port {port} on {host} is {what}{many}{hint}")
+
+
 def run_processes(
     args: Sequence[str],
     *,
@@ -216,10 +249,8 @@ def run_processes(
 
     ``env``: the children's environment (:func:`child_env`); ours when None.
     """
-    slots = [
-        Slot(child_command(args, checkpoint=checkpoint, web_port=first_port + i), first_port + i)
-        for i in range(count)
-    ]
+    ports = web_ports(first_port, count)
+    slots = [Slot(child_command(args, checkpoint=checkpoint, web_port=port), port) for port in ports]
     environ = dict(env) if env is not None else dict(os.environ)
 
     def spawn(command: list[str]) -> Child:
@@ -242,26 +273,42 @@ def run_processes(
 
 
 class StopRequested(BaseException):
-    """SIGTERM or SIGINT arrived during :func:`stop_on_signals` (a BaseException, like
-    KeyboardInterrupt, so no ``except Exception`` in the loading code swallows it)."""
+    """A stop signal (SIGTERM, SIGINT, ...) arrived during :func:`stop_on_signals` (a BaseException,
+    like KeyboardInterrupt, so no ``except Exception`` in the loading code swallows it)."""
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """Inside the block, SIGTERM and SIGINT raise :class:`StopRequested`; the previous handlers
-    are restored on the way out.
+def stop_on_signals(
+    signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+    *,
+    keep_ignored: bool = False,
+    once: bool = False,
+) -> Iterator[None]:
+    """Inside the block, ``signals`` raise :class:`StopRequested`; the previous handlers are
+    restored on the way out.
 
     For a worker loading its model: faust installs its handlers only when it runs, and until
     then SIGTERM would kill the process (exit -15, which a supervisor counts as a crash) and
     SIGINT would print a traceback, where a stop request should just end the process with 0.
+
+    ``keep_ignored``: a signal ignored when the block starts (SIGHUP under ``nohup``) stays
+    ignored. ``once``: only the first signal raises, later ones are ignored, so they cannot
+    interrupt the cleanup it starts (stopping a child process).
     """
+    stopping = False
 
     def raise_stop(signum: int, _frame: FrameType | None) -> None:
-        raise StopRequested(signal.Signals(signum).name)
+        nonlocal stopping
+        if not (once and stopping):
+            stopping = True
+            raise StopRequested(signal.Signals(signum).name)
 
-    previous = {s: signal.signal(s, raise_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.getsignal(s) for s in signals}
+    for sig, handler in previous.items():
+        if not (keep_ignored and handler is signal.SIG_IGN):
+            signal.signal(sig, raise_stop)
     try:
         yield
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set in C

@@ -7,10 +7,13 @@ win over environment variables, which win over the defaults.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.errors import ConfigError
@@ -186,11 +189,29 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment, with the non-None ``overrides`` (CLI options) on top."""
+    """Settings from the environment, with the non-None ``overrides`` (CLI options) on top.
+
+    An invalid value is reported as the user gave it: ``--batch-size 0`` for an option,
+    ``SENTIMENT_BATCH_SIZE=0`` for a variable, never the Python field name.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+        return Settings(**given)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
-        )
-        raise ConfigError(f"invalid settings: {problems}") from None
+        problems = "; ".join(_describe(e, given) for e in exc.errors(include_url=False))
+        raise ConfigError(f"invalid setting: {problems}") from None
+
+
+def _describe(error: ErrorDetails, given: Mapping[str, object]) -> str:
+    """One validation error, named by the option or variable that carried the value."""
+    field = str(error["loc"][0]) if error["loc"] else ""
+    reason = error["msg"][:1].lower() + error["msg"][1:]
+    secret = field == "sasl_password"
+    if field in given:
+        value = "***" if secret else given[field]
+        return f"--{field.replace('_', '-')} {value}: {reason}"
+    variable = f"{ENV_PREFIX}{field.upper()}"
+    if field in Settings.model_fields and variable in os.environ:
+        value = "***" if secret else os.environ[variable]
+        return f"{variable}={value}: {reason}"
+    return f"{field or 'settings'}: {reason}"

@@ -8,8 +8,10 @@ from typing import Any
 import click
 import orjson
 
-from models.data import Prepared, parse_label_map, prepare_splits, read_labelled
+from models.data import BadRow, Prepared, Skipped, parse_label_map, prepare_splits, read_labelled
 from schemas.errors import ConfigError
+
+SKIP_BAD_HINT = "; --skip-bad leaves such rows out"
 
 
 def echo(line: str) -> None:
@@ -24,9 +26,24 @@ def labels_option(spec: str) -> list[str]:
 
 
 def prepared(
-    train: Path, dev: Path | None, test: Path | None, labels: list[str], label_map: str | None, seed: int
+    train: Path,
+    dev: Path | None,
+    test: Path | None,
+    labels: list[str],
+    label_map: str | None,
+    seed: int,
+    skip_bad: bool = False,
 ) -> Prepared:
-    data = prepare_splits(train, dev, test, labels, label_map=parse_label_map(label_map), seed=seed)
+    """The run's splits, its notes (skipped rows among them) and sizes echoed to stderr.
+
+    A bad row stops the run with its file, line and reason, and says that ``--skip-bad`` would
+    leave it out."""
+    try:
+        data = prepare_splits(
+            train, dev, test, labels, label_map=parse_label_map(label_map), seed=seed, skip_bad=skip_bad
+        )
+    except BadRow as exc:
+        raise ConfigError(f"{exc}{SKIP_BAD_HINT}") from None
     for note in data.notes:
         echo(f"note: {note}")
     s = data.splits
@@ -57,14 +74,23 @@ def run_eval(
     dtype: str | None,
     plots: Path | None,
     as_json: bool,
+    skip_bad: bool = False,
 ) -> None:
-    from models.checkpoint_eval import evaluate_checkpoint, recorded_for
-    from models.evaluation import format_report
     from models.manifest import load_manifest
-    from models.plots import confusion_png
 
     manifest = load_manifest(checkpoint)
-    examples = read_labelled(data, manifest.labels, label_map=parse_label_map(label_map))
+    skipped = Skipped(str(data)) if skip_bad else None
+    try:
+        examples = read_labelled(data, manifest.labels, label_map=parse_label_map(label_map), skipped=skipped)
+    except BadRow as exc:
+        raise ConfigError(f"{exc}{SKIP_BAD_HINT}") from None
+    if skipped:
+        echo(f"note: {skipped.summary()}")
+
+    from models.checkpoint_eval import evaluate_checkpoint, recorded_for  # torch: after the data is read
+    from models.evaluation import format_report
+    from models.plots import confusion_png
+
     report, _ = evaluate_checkpoint(checkpoint, examples, device=device, dtype=dtype)
     if plots is not None:
         plots.mkdir(parents=True, exist_ok=True)

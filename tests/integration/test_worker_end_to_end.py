@@ -6,6 +6,8 @@ import asyncio
 import json
 import re
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from collections import Counter
@@ -128,6 +130,26 @@ def test_reviews_in_results_out_bad_input_dead_lettered(
         assert headers["source.topic"].decode() == topics["input"]
         partition, offset = int(headers["source.partition"]), int(headers["source.offset"])
         assert 0 <= partition < PARTITIONS and 0 <= offset <= last_offsets[partition]
+
+    # what an operator sees: `sentiment tail` of the dead-letter topic names reason and source
+    shown = subprocess.run(
+        [sys.executable, "-m", "worker", "tail", "--brokers", broker, "--output-topic", topics["dlq"],
+         "--n", str(len(MALFORMED)), "--timeout", "10"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    lines = [orjson.loads(line) for line in shown.stdout.splitlines()]
+    assert len(lines) == len(MALFORMED)
+    where = {
+        (h["source.partition"].decode(), h["source.offset"].decode()): c for c, (_, _, h) in by_case.items()
+    }
+    for line in lines:
+        assert line["dead_letter"] is True
+        case = where[(line["source"]["partition"], line["source"]["offset"])]
+        assert line["source"]["topic"] == topics["input"]
+        assert line["error"]["reason"] == EXPECTED_REASON[case]
+        assert line["value"] == MALFORMED[case].decode("utf-8", "replace")
+        assert line["original"]["size"] == str(len(MALFORMED[case]))
 
     assert worker.poll() is None, "a bad message must never stop the worker"
 

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 
-from models.data import DataError, deduplicate, leaks, parse_label_map, prepare_splits, read_labelled, split
+from models.data import (
+    DataError,
+    NotUtf8Error,
+    Skipped,
+    deduplicate,
+    leaks,
+    parse_label_map,
+    prepare_splits,
+    read_labelled,
+    split,
+    utf8_lines,
+)
 from models.demo_reviews import SPLIT_NAMES, build_demo_splits, demo_path, demo_splits
 from models.reviews import LabelledText
+from schemas.errors import ConfigError
 
 LABELS = ("negative", "positive")
 
@@ -117,3 +130,99 @@ def test_shipped_demo_splits_are_exactly_what_the_builder_makes() -> None:
     texts = [{ex.text for ex in getattr(shipped, n)} for n in SPLIT_NAMES]
     assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
     assert "MIT" in (demo_path("train").parent / "NOTICE").read_text()
+
+
+def test_utf8_lines_numbers_every_line_and_drops_endings_and_bom() -> None:
+    raw = io.BytesIO("\ufeff很好\r\n\n  太差了 \nlast".encode())
+    assert list(utf8_lines(raw, "r.txt")) == [(1, "很好"), (2, ""), (3, "  太差了 "), (4, "last")]
+    raw.seek(0)
+    assert [t for _, t in utf8_lines(raw, "r.txt", keepends=True)] == [
+        "很好\r\n",
+        "\n",
+        "  太差了 \n",
+        "last",
+    ]
+
+
+def test_utf8_lines_names_the_file_line_byte_and_column_of_gbk_text() -> None:
+    raw = io.BytesIO("ok\n好".encode() + "物流很快".encode("gbk") + b"\nnever read\n")
+    lines = utf8_lines(raw, "reviews.txt")
+    assert next(lines) == (1, "ok")
+    with pytest.raises(NotUtf8Error) as info:
+        next(lines)
+    assert str(info.value) == (
+        "reviews.txt:2: not UTF-8 (byte 0xce at column 2); convert it first, e.g. iconv -f GBK -t UTF-8"
+    )
+    assert isinstance(info.value, ConfigError)  # the CLI prints it as one line, exit 2
+    assert (info.value.line, info.value.kind) == (2, "not UTF-8")
+
+
+def test_utf8_lines_hands_a_bad_line_to_on_error_in_its_place_and_goes_on() -> None:
+    seen: list[tuple[int, str]] = []
+    raw = io.BytesIO(b"a\n\xff\xfe\nb\n")
+    for n, text in utf8_lines(raw, "<stdin>", on_error=lambda err: seen.append((err.line, str(err)))):
+        seen.append((n, text))
+    assert [n for n, _ in seen] == [1, 2, 3]
+    assert seen[0] == (1, "a") and seen[2] == (3, "b")
+    assert seen[1][1].startswith("<stdin>:2: not UTF-8 (byte 0xff at column 1); convert it first")
+
+
+@pytest.mark.parametrize(
+    ("name", "good", "bad"),
+    [
+        ("d.tsv", "很好\tpositive\n", "物流很快\tpositive\n"),
+        ("d.csv", "text,label\n很好,1\n", "物流很快,1\n"),
+        ("d.jsonl", '{"text": "很好", "label": 1}\n', '{"text": "物流很快", "label": 1}\n'),
+    ],
+)
+def test_a_gbk_row_is_a_bad_row_named_by_file_and_line(
+    tmp_path: Path, name: str, good: str, bad: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(good.encode() + bad.encode("gbk") + good.splitlines(keepends=True)[-1].encode())
+    line = len(good.splitlines()) + 1
+    with pytest.raises(NotUtf8Error, match=rf"d\.{path.suffix[1:]}:{line}: not UTF-8 \(byte 0xce at column "):
+        read_labelled(path, LABELS)
+    skipped = Skipped(str(path))
+    assert [ex.text for ex in read_labelled(path, LABELS, skipped=skipped)] == ["很好", "很好"]
+    assert skipped.summary() == f"skipped 1 row of {path}: 1 not UTF-8 ({path}:{line})"
+
+
+def test_skipped_rows_are_counted_by_reason_with_the_first_line_of_each(tmp_path: Path) -> None:
+    rows = ["好\tpositive", "差\tmeh", "no tab", "也好\t1", "差\t9", " \t0", "还行\tpositive"]
+    path = tmp_path / "train.tsv"
+    path.write_bytes("\n".join(rows).encode() + b"\n" + "坏".encode("gbk") + b"\tpositive\n")
+    skipped = Skipped("train.tsv")
+    got = read_labelled(path, LABELS, skipped=skipped)
+    assert [ex.text for ex in got] == ["好", "也好", "还行"]
+    assert skipped.total == 5
+    assert skipped.summary() == (
+        "skipped 5 rows of train.tsv: 2 unknown label (first at train.tsv:2), 1 no tab (train.tsv:3), "
+        "1 empty text (train.tsv:6), 1 not UTF-8 (train.tsv:8)"
+    )
+    with pytest.raises(DataError, match=r"train\.tsv:2: label 'meh'"):
+        read_labelled(path, LABELS)
+
+
+def test_csv_rows_keep_their_line_numbers_around_a_skipped_line(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_bytes(b'text,label\n"two\nlines",1\n' + "坏".encode("gbk") + b",1\nok,seven\n")
+    skipped = Skipped("d.csv")
+    assert read_labelled(path, LABELS, skipped=skipped) == [LabelledText("two\nlines", "positive")]
+    assert skipped.breakdown() == "1 not UTF-8 (d.csv:4), 1 unknown label (d.csv:5)"
+
+
+def test_every_row_skipped_still_says_no_examples_and_why(tmp_path: Path) -> None:
+    path = write(tmp_path, "d.jsonl", '{"text": 1}\n{oops\n')
+    with pytest.raises(DataError, match=r"d\.jsonl: no examples \(skipped 2 rows of .*1 not a text/label"):
+        read_labelled(path, LABELS, skipped=Skipped(str(path)))
+
+
+def test_prepare_with_skip_bad_notes_what_it_skipped(tmp_path: Path) -> None:
+    rows = [f"第{i}条评论\t{'positive' if i % 2 else 'negative'}" for i in range(40)]
+    train = write(tmp_path, "train.tsv", "\n".join([*rows[:17], "坏的\tmeh", *rows[17:]]) + "\n")
+    with pytest.raises(DataError, match=r"train\.tsv:18: label 'meh'"):
+        prepare_splits(train, None, None, LABELS)
+    data = prepare_splits(train, None, None, LABELS, skip_bad=True)
+    assert len(data.splits.train) + len(data.splits.dev) == 40
+    assert f"skipped 1 row of {train}: 1 unknown label ({train}:18)" in data.notes
