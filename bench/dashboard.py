@@ -3,7 +3,9 @@
 Streams the shipped test reviews (and one malformed message in fifty) at ``--rate`` reviews/s for
 ``--seconds`` through a worker serving the demo model (trained on first use under ``--home``),
 while Debian's Prometheus scrapes it every 2 s with the alert rules loaded, then renders the
-dashboard's panels over the run into ``bench/results/dashboard-cpu.png``.
+dashboard's panels over the run into ``bench/results/dashboard-cpu.png``, and writes the figures the
+README quotes from it (each series' median and maximum while streaming, after a 30 s warm-up of the
+rate windows) into ``dashboard-cpu.json`` beside it.
 
     python bench/dashboard.py --seconds 120 --rate 150
 """
@@ -12,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,9 +32,25 @@ from models.demo_reviews import demo_splits
 from worker.broker import DevBroker, create_topics, free_port
 from worker.clients import produce_values
 from worker.demo import wait_ready
-from worker.report import render_report
+from worker.report import DEFAULT_DASHBOARD, panel_series, render_report
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+Figures = dict[str, dict[str, dict[str, float]]]  # panel title -> series legend -> median, max
+
+
+def figures(url: str, start: float, end: float, warmup: float = 30.0) -> Figures:
+    """Each panel's series over [start + warmup, end]: median and maximum, as queried for the picture."""
+    out: Figures = {}
+    for panel in json.loads(DEFAULT_DASHBOARD.read_text())["panels"]:
+        rows = {}
+        for s in panel_series(url, panel, start + warmup, end, 2):
+            values = [v for v in s.values if v == v]  # NaN: a quantile of no observations
+            if values:
+                rows[s.legend] = {"median": round(statistics.median(values), 4), "max": round(max(values), 4)}
+        out[panel["title"]] = rows
+    return out
 
 
 async def steady(brokers: str, topic: str, texts: list[str], rate: float, seconds: float) -> None:
@@ -90,14 +110,26 @@ def main() -> None:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
+            started = time.time()
             wait_ready(web, worker, timeout_s=600)
+            ready_s = time.time() - started
             print(f"streaming {args.rate:g} reviews/s for {args.seconds:g} s", flush=True)
+            streamed = time.time()
             asyncio.run(steady(broker.bootstrap, "reviews", texts, args.rate, args.seconds))
+            stopped = time.time()
             time.sleep(10)
-            panels, series = render_report(
-                f"http://127.0.0.1:{port}", args.out, minutes=(args.seconds + 20) / 60, step=2
-            )
-            print(f"wrote {args.out}: {panels} panels, {series} series")
+            url, end = f"http://127.0.0.1:{port}", time.time()
+            panels, series = render_report(url, args.out, minutes=(args.seconds + 20) / 60, step=2, end=end)
+            summary = {
+                "rate": args.rate,
+                "seconds": args.seconds,
+                "worker_ready_after_s": round(ready_s, 1),
+                "window": "each series while streaming, after 30 s: median and max",
+                "panels": figures(url, streamed, stopped),
+            }
+            table = args.out.with_suffix(".json")
+            table.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+            print(f"wrote {args.out}: {panels} panels, {series} series; figures in {table}")
         finally:
             server.terminate()
             worker.terminate()

@@ -30,7 +30,7 @@ from models.attention import PACKED
 from models.batching import plan_batches
 from models.heads import HEAD_FILE, load_head
 from models.invariant import make_batch_invariant, tiled_rows
-from models.loading import load_model, load_tokenizer, qwen3_config, require_file, resolve_base
+from models.loading import LM_HEAD, load_model, load_tokenizer, qwen3_config, require_file, resolve_base
 from models.manifest import Manifest, load_manifest
 from models.packing import Packed, last_non_pad, last_token, pack
 from schemas.errors import CheckpointError, ConfigError
@@ -366,7 +366,7 @@ class EmbeddingHeadEngine(Qwen3Engine):
             )
         head = load_head(directory, in_dim=dims, num_labels=len(manifest.labels))
         dev, dt = resolve_device(device, dtype)
-        backbone = load_model(Qwen3Model, base, dt, dev)
+        backbone = load_model(Qwen3Model, base, dt, dev, dropped=LM_HEAD)  # a causal-LM base's head
         tokenizer, append_id = load_tokenizer(base, manifest.max_length, append_eos=True)
         return cls(backbone, head, tokenizer, manifest, name=manifest.name or directory.name,
                    append_id=append_id, **kw)  # fmt: skip

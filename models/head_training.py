@@ -31,7 +31,7 @@ from models.data import Prepared
 from models.engine import EmbeddingHeadEngine, resolve_device
 from models.evaluation import evaluate
 from models.heads import HeadType, build_head, save_embedding_head_checkpoint
-from models.loading import base_reference, load_model, load_tokenizer, qwen3_config
+from models.loading import LM_HEAD, base_reference, load_model, load_tokenizer, qwen3_config
 from models.manifest import Manifest
 from models.plots import projection_png
 from models.reporting import report_checkpoint
@@ -194,7 +194,7 @@ def train_head(
         features={"device": dev.type, "dtype": str(dt).removeprefix("torch.")},
     )
     tokenizer, append_id = load_tokenizer(base, max_length, append_eos=True)
-    backbone = load_model(Qwen3Model, base, dt, dev)
+    backbone = load_model(Qwen3Model, base, dt, dev, dropped=LM_HEAD)  # a causal-LM base's head
     placeholder = build_head(
         "linear", dimensions or config.hidden_size, len(labels)
     )  # only features are read

@@ -7,7 +7,11 @@ clear :class:`CheckpointError` naming the file or field for anything missing or 
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,9 +24,16 @@ from models.attention import PACKED
 from models.tokenizer import ENDOFTEXT
 from schemas.errors import CheckpointError
 
+log = logging.getLogger(__name__)
+
 M = TypeVar("M", bound=PreTrainedModel)
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+# What a backbone (Qwen3Model) or a classifier built on a causal-LM base leaves out by design: the
+# language-model head of an untied base (Qwen3-8B and up; the smaller ones tie it to the input
+# embeddings and do not store it).
+LM_HEAD = frozenset({"lm_head.weight"})
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def require_file(directory: Path, *names: str, why: str = "") -> None:
@@ -79,22 +90,80 @@ def qwen3_config(directory: Path) -> Qwen3Config:
     return config
 
 
-def load_model(cls: type[M], directory: Path, dtype: torch.dtype, device: torch.device) -> M:
-    """``cls.from_pretrained`` with the packed attention; every weight must come from the files."""
+@contextmanager
+def load_report_held() -> Iterator[list[str]]:
+    """Keep transformers' LOAD REPORT out of the output during the ``from_pretrained`` call inside.
+
+    transformers logs every key it did not pair with a parameter as a table (a warning of the
+    ``transformers.modeling_utils`` logger, with terminal escape codes even into a file), also for
+    keys left out on purpose: the fresh ``score`` head of a classifier built on a base, the
+    ``lm_head`` of a causal-LM base under a backbone. Our loaders read ``output_loading_info`` and
+    say what matters themselves (:func:`load_model`, :func:`warn_unexpected`); the report is handed
+    back, without escape codes, for an error message that refers to it.
+    """
+    hold = _HoldLoadReport()
+    logger = hf_logging.get_logger("transformers.modeling_utils")
+    logger.addFilter(hold)
+    try:
+        yield hold.held
+    finally:
+        logger.removeFilter(hold)
+
+
+class _HoldLoadReport(logging.Filter):
+    """Takes transformers' LOAD REPORT records out of the logging, keeping their text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.funcName == "log_state_dict_report" or "LOAD REPORT" in str(record.msg):
+            self.held.append(_ANSI.sub("", record.getMessage()))
+            return False
+        return True
+
+
+def load_error(directory: Path, exc: Exception, report: list[str]) -> CheckpointError:
+    """``cannot load the weights``, with the held LOAD REPORT that transformers' message points to."""
+    message = str(exc).replace("the above report", "the report below") if report else str(exc)
+    detail = "".join(f"\n{r}" for r in report)
+    return CheckpointError(f"{directory}: cannot load the weights: {message}{detail}")
+
+
+def warn_unexpected(directory: Path, cls: type, info: dict[str, Any], dropped: Collection[str] = ()) -> None:
+    """One line for tensors in the files that ``cls`` has no place for (other than ``dropped``)."""
+    unexpected = sorted(set(info["unexpected_keys"]) - set(dropped))
+    if unexpected:
+        log.warning(
+            "%s: the weights hold %d tensor(s) that a %s has no place for, not loaded: e.g. %s",
+            directory, len(unexpected), cls.__name__, unexpected[:3],
+        )  # fmt: skip
+
+
+def load_model(
+    cls: type[M], directory: Path, dtype: torch.dtype, device: torch.device, *, dropped: Collection[str] = ()
+) -> M:
+    """``cls.from_pretrained`` with the packed attention; every weight must come from the files.
+
+    ``dropped``: tensors the files may hold that ``cls`` leaves out by design (:data:`LM_HEAD` for
+    the backbone of a causal-LM base); any other tensor ``cls`` has no place for is warned about.
+    """
     require_file(directory, *WEIGHTS)
     hf_logging.disable_progress_bar()
-    try:
-        loaded: Any = cls.from_pretrained(
-            directory,
-            dtype=dtype,
-            use_safetensors=True,
-            trust_remote_code=False,
-            local_files_only=True,
-            attn_implementation=PACKED,
-            output_loading_info=True,
-        )
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{directory}: cannot load the weights: {exc}") from None
+    with load_report_held() as report:
+        try:
+            loaded: Any = cls.from_pretrained(
+                directory,
+                dtype=dtype,
+                use_safetensors=True,
+                trust_remote_code=False,
+                local_files_only=True,
+                attn_implementation=PACKED,
+                output_loading_info=True,
+            )
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise load_error(directory, exc, report) from None
     model, info = loaded
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])
@@ -102,6 +171,7 @@ def load_model(cls: type[M], directory: Path, dtype: torch.dtype, device: torch.
             f"{directory}: the weights lack {len(missing)} tensor(s) that a {cls.__name__} needs, "
             f"e.g. {missing[:3]}"
         )
+    warn_unexpected(directory, cls, info, dropped)
     return model.to(device).eval()
 
 

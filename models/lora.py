@@ -24,7 +24,17 @@ from transformers.utils import logging as hf_logging
 from models.checkpoint_eval import data_digest
 from models.data import Prepared
 from models.engine import resolve_device
-from models.loading import WEIGHTS, base_reference, load_tokenizer, qwen3_config, require_file
+from models.loading import (
+    LM_HEAD,
+    WEIGHTS,
+    base_reference,
+    load_error,
+    load_report_held,
+    load_tokenizer,
+    qwen3_config,
+    require_file,
+    warn_unexpected,
+)
 from models.manifest import Manifest
 from models.reporting import report_checkpoint
 from models.tiny import atomic_directory
@@ -67,25 +77,32 @@ def choose_max_length(
 def load_base_classifier(base: Path, labels: Sequence[str], pad_id: int) -> Qwen3ForSequenceClassification:
     """The base's weights under a fresh ``score`` head; every other tensor must be in the files."""
     require_file(base, *WEIGHTS)
-    loaded: Any = Qwen3ForSequenceClassification.from_pretrained(
-        base,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={lb: i for i, lb in enumerate(labels)},
-        pad_token_id=pad_id,
-        dtype=torch.float32,
-        use_safetensors=True,
-        local_files_only=True,
-        trust_remote_code=False,
-        attn_implementation="sdpa",
-        output_loading_info=True,
-    )
+    # transformers' LOAD REPORT would list the fresh score head as MISSING (and an untied base's
+    # lm_head as UNEXPECTED) on every run: both are by design; anything else is said here.
+    with load_report_held() as report:
+        try:
+            loaded: Any = Qwen3ForSequenceClassification.from_pretrained(
+                base,
+                num_labels=len(labels),
+                id2label=dict(enumerate(labels)),
+                label2id={lb: i for i, lb in enumerate(labels)},
+                pad_token_id=pad_id,
+                dtype=torch.float32,
+                use_safetensors=True,
+                local_files_only=True,
+                trust_remote_code=False,
+                attn_implementation="sdpa",
+                output_loading_info=True,
+            )
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise load_error(base, exc, report) from None
     model, info = loaded
     missing = sorted(set(info["missing_keys"]) - {"score.weight"})
     if missing:
         raise CheckpointError(
             f"{base}: the weights lack {len(missing)} tensor(s) of a Qwen3 backbone, e.g. {missing[:3]}"
         )
+    warn_unexpected(base, Qwen3ForSequenceClassification, info, dropped=LM_HEAD)
     return model
 
 

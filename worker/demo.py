@@ -161,6 +161,13 @@ async def _count(brokers: str, topic: str, expected: int) -> int:
     return n
 
 
+def _model_name(model: object) -> str:
+    """A result's ``model`` field as ``name version`` (``demo-qwen3-snownlp 2``)."""
+    if isinstance(model, dict):
+        return " ".join(str(model[k]) for k in ("name", "version") if model.get(k) not in (None, ""))
+    return str(model)
+
+
 def _summary(
     results: dict[str, dict[str, object]],
     truth: dict[str, str],
@@ -170,7 +177,7 @@ def _summary(
 ) -> None:
     latencies = sorted(int(r["ts_out"]) - int(r["ts_in"]) for r in results.values())  # type: ignore[call-overload]
     correct = sum(1 for rid, r in results.items() if r["label"] == truth[rid])
-    model = next(iter(results.values()))["model"] if results else {}
+    model = _model_name(next(iter(results.values()))["model"]) if results else "none (no results)"
     streamed = correct / max(1, len(results))
 
     def pct(q: float) -> int:

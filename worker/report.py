@@ -3,7 +3,9 @@
 For a look at a run where no Grafana is at hand. Each panel of the dashboard JSON becomes a
 small chart; each of its queries is asked of Prometheus as a range query (``query_range``) with
 Grafana's variables replaced as for "All", and each returned series is a line labelled by the
-query's ``legendFormat``.
+query's ``legendFormat``. The y axis says what is counted: the panel's ``axisLabel`` where it has
+one, else its Grafana unit in words (``percentunit`` drawn as %, seconds below one as ms, bytes in
+KiB/MiB/GiB). A stat panel shown by name only (``textMode: name``, the model) is drawn as text.
 """
 
 from __future__ import annotations
@@ -59,6 +61,45 @@ def query_range(base_url: str, expr: str, start: float, end: float, step: float)
     return list(answer["data"]["result"])
 
 
+# Grafana unit id -> (what the y axis says, factor applied to the values); see :func:`axis`.
+UNITS: dict[str, tuple[str, float]] = {
+    "percentunit": ("%", 100.0),
+    "percent": ("%", 1.0),
+    "reqps": ("per second", 1.0),
+    "ops": ("per second", 1.0),
+    "s": ("s", 1.0),
+    "ms": ("ms", 1.0),
+    "bytes": ("bytes", 1.0),
+    "decbytes": ("bytes", 1.0),
+    "short": ("", 1.0),
+    "none": ("", 1.0),
+    "": ("", 1.0),
+}
+_BINARY = ("bytes", "KiB", "MiB", "GiB", "TiB")
+
+
+def axis(panel: dict[str, Any], largest: float) -> tuple[str, float]:
+    """The y axis label and the factor for ``panel``'s values, whose largest magnitude is ``largest``."""
+    defaults = panel.get("fieldConfig", {}).get("defaults", {})
+    unit = str(defaults.get("unit", ""))
+    label, factor = UNITS.get(unit, (unit, 1.0))
+    if unit == "s" and 0 < largest < 1:
+        label, factor = "ms", 1000.0
+    elif unit in ("bytes", "decbytes"):
+        power = min(len(_BINARY) - 1, max(0, int(math.log(largest, 1024)))) if largest >= 1 else 0
+        label, factor = _BINARY[power], 1024.0**-power
+    named = defaults.get("custom", {}).get("axisLabel")
+    return (str(named) if named else label), factor
+
+
+def duration(seconds: float) -> str:
+    """``140`` -> ``2 min 20 s``; ``900`` -> ``15 min``; ``3900`` -> ``1 h 5 min``."""
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{n} {name}" for n, name in ((hours, "h"), (minutes, "min"), (secs, "s")) if n]
+    return " ".join(parts) or "0 s"
+
+
 def panel_series(base_url: str, panel: dict[str, Any], start: float, end: float, step: float) -> list[Series]:
     rate_interval = f"{max(4 * step, 30):.0f}s"
     out = []
@@ -98,22 +139,35 @@ def render_report(
     for ax, panel in zip(axes.flat, panels, strict=False):
         series = panel_series(base_url, panel, start, end, step)
         n_series += len(series)
+        ax.set_title(panel["title"], fontsize=10, loc="left")
+        if not series:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
+            continue
+        if panel.get("type") == "stat" and panel.get("options", {}).get("textMode") == "name":
+            # what Grafana shows: the names (a model's name, version, device), not the value 1
+            text = "\n".join(sorted({s.legend for s in series}))
+            ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=13)
+            ax.set_axis_off()
+            continue
+        largest = max((abs(v) for s in series for v in s.values if math.isfinite(v)), default=0.0)
+        label, factor = axis(panel, largest)
         for s in series:
-            ax.plot(s.times, s.values, label=s.legend[:40], linewidth=1.2)
-        unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit", "")
-        ax.set_title(f"{panel['title']}" + (f"  [{unit}]" if unit else ""), fontsize=10, loc="left")
+            ax.plot(s.times, [v * factor for v in s.values], label=s.legend[:40], linewidth=1.2)
+        ax.set_ylabel(label, fontsize=8)
+        if all(v >= 0 for s in series for v in s.values if math.isfinite(v)):
+            # from zero, as a size or a rate reads (not a zoom on its wiggles), with room above the top
+            ax.set_ylim(0, largest * factor * 1.1 or 1.0)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
-        if series:
-            ax.legend(fontsize=7, loc="upper left", ncol=2 if len(series) > 3 else 1)
-        else:
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
+        ax.legend(fontsize=7, loc="best", ncol=2 if len(series) > 3 else 1)
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
-    for ax in axes[-1]:
-        ax.set_xlabel("seconds", fontsize=8)
-    fig.suptitle(f"Sentiment worker: last {minutes:g} min from {base_url}", fontsize=12)
-    fig.tight_layout()
+    for column in axes.T:  # the time axis named once per column, under its lowest chart
+        charts = [ax for ax in column if ax.get_visible() and ax.axison]
+        if charts:
+            charts[-1].set_xlabel("seconds", fontsize=8)
+    fig.suptitle(f"Sentiment worker: last {duration(minutes * 60)} from {base_url}", fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # the top 0.4 inch for the title
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)

@@ -40,6 +40,62 @@ def dashboard_exprs() -> list[tuple[str, str]]:
     return [(panel["title"], target["expr"]) for panel in dash["panels"] for target in panel["targets"]]
 
 
+def measured(expr: str) -> str:
+    """The metric a query plots (a ratio's numerator): the first one it names."""
+    return re.findall(r"\bsentiment_\w+", expr)[0]
+
+
+# Metrics that count different things: no panel (no y axis) plots two of one group.
+DIFFERENT_QUANTITIES = [
+    {"sentiment_batch_size_reviews_sum", "sentiment_batch_size_tokens_sum", "sentiment_batches_total"},
+    {"sentiment_in_flight_batches", "sentiment_pending_reviews"},
+]
+
+
+def test_each_panel_plots_one_quantity_and_says_which() -> None:
+    """One y axis per panel: reviews and tokens per batch, batches and the reviews they hold, each
+    have their own panel; and every panel says its unit in words in `sentiment report` (a Grafana
+    unit id it knows, or the panel's axisLabel for a bare count or rate)."""
+    from worker.report import UNITS
+
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        plotted = {measured(t["expr"]) for t in panel["targets"]}
+        for group in DIFFERENT_QUANTITIES:
+            assert len(plotted & group) <= 1, (panel["title"], plotted & group)
+        defaults = panel["fieldConfig"]["defaults"]
+        assert defaults.get("unit", "") in UNITS, panel["title"]
+        if panel["type"] == "timeseries" and UNITS[defaults.get("unit", "")][0] in ("", "per second"):
+            assert defaults.get("custom", {}).get("axisLabel"), f"{panel['title']}: what does it count?"
+
+
+@pytest.mark.parametrize(
+    ("unit", "largest", "expected"),
+    [
+        ("percentunit", 0.64, ("%", 100.0)),  # a fraction, drawn as a percentage
+        ("s", 0.08, ("ms", 1000.0)),
+        ("s", 2.5, ("s", 1.0)),
+        ("bytes", 3.2e9, ("GiB", 1024.0**-3)),
+        ("bytes", 0.0, ("bytes", 1.0)),
+        ("reqps", 150.0, ("per second", 1.0)),
+        ("short", 14.7, ("", 1.0)),
+    ],
+)
+def test_report_axis_in_words(unit: str, largest: float, expected: tuple[str, float]) -> None:
+    from worker.report import axis
+
+    assert axis({"fieldConfig": {"defaults": {"unit": unit}}}, largest) == expected
+    named = {"fieldConfig": {"defaults": {"unit": unit, "custom": {"axisLabel": "reviews/s"}}}}
+    assert axis(named, largest) == ("reviews/s", expected[1])
+
+
+def test_report_title_duration() -> None:
+    from worker.report import duration
+
+    assert [duration(s) for s in (140, 2.33333 * 60, 900, 45, 3900, 0)] == [
+        "2 min 20 s", "2 min 20 s", "15 min", "45 s", "1 h 5 min", "0 s",
+    ]  # fmt: skip
+
+
 def rule_exprs() -> list[dict]:
     return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
 
