@@ -81,13 +81,14 @@ def base_directory(value: str) -> Path:
             return Path(snapshot_download(value, local_files_only=True))
         except Exception:  # any failure here means "not in the local cache"
             stem = value.rsplit("/", 1)[1]
-            like = value if value in TINY_LIKES else "|".join(TINY_LIKES)
+            like = value if value in TINY_LIKES else TINY_LIKES[0]
+            # "bases/Qwen3-0.6B" (a directory not made yet) reads like a hub id too: say both
             raise ConfigError(
-                f"--base {value}: no such directory, and not a model in the local Hugging Face cache "
-                "(nothing is downloaded). Fetch it first on a connected machine: `python -c "
-                "'import huggingface_hub as h; "
+                f"--base {value}: no such directory, and no model {value} in the local Hugging Face "
+                "cache (nothing is downloaded). If it is a hub id, fetch it first on a connected "
+                "machine: `python -c 'import huggingface_hub as h; "
                 f'h.snapshot_download("{value}", local_dir="bases/{stem}")\'`, '
-                f"then --base bases/{stem}; or try a stand-in without a download: "
+                f"then --base bases/{stem}; to try without a download: "
                 f"`sentiment base tiny --like {like} --out bases/{stem}-tiny`"
             ) from None
     raise ConfigError(f"--base {value}: no such directory")
@@ -135,12 +136,14 @@ def cli() -> None:
     \b
     Exit status of every command:
       0    done
+      1    the reader of the output went away (`sentiment predict … | head`): quietly
       2    a usage, setting, file, checkpoint or network error: one line on stderr naming
            the flag or SENTIMENT_* variable, the file and line, or the host:port
       3    predict: some input lines were bad and got error records (see predict --help)
       70   worker: a record the broker refuses for good; 71: the model fails on every text
       130  stopped by Ctrl-C (SIGINT); 143: predict stopped by SIGTERM
-    The worker and the broker stop cleanly on SIGTERM or Ctrl-C and exit 0.
+    The worker, the broker and tail stop cleanly on SIGTERM or Ctrl-C and exit 0. A usage
+    error (an unknown option, a bad value for a typed option) prints click's usage hint too.
     """
 
 
@@ -299,7 +302,7 @@ def produce(file: typing.BinaryIO, fmt: str, **options: Any) -> None:
 
 
 @cli.command()
-@settings_options(*KAFKA, "output_topic")
+@settings_options(*KAFKA, "output_topic", "dlq_topic")
 @click.option(
     "--n", "limit", type=int, default=None, help="Stop after N messages.  [default: run until Ctrl-C]"
 )
@@ -309,10 +312,11 @@ def produce(file: typing.BinaryIO, fmt: str, **options: Any) -> None:
 def tail(limit: int | None, timeout_s: float | None, from_end: bool, **options: Any) -> None:
     """Print results (or any topic, with --output-topic) as JSON lines.
 
-    A dead letter (e.g. `--output-topic reviews.dlq`) prints as one JSON object with why it was
-    dead-lettered and where it came from: {"dead_letter": true, "error": {"reason", "class",
-    "message"}, "source": {"topic", "partition", "offset"}, "original": {"size", "sha256",
-    "truncated"}, "value": the original bytes as text}.
+    On the dead-letter topic (`--output-topic reviews.dlq`, or whichever topic --dlq-topic names)
+    each dead letter prints as one JSON object with why it was dead-lettered and where it came
+    from: {"dead_letter": true, "error": {"reason", "class", "message"}, "source": {"topic",
+    "partition", "offset"}, "original": {"size", "sha256", "truncated"}, "value": the original
+    bytes as text}.
     """
     import orjson
 
@@ -322,6 +326,7 @@ def tail(limit: int | None, timeout_s: float | None, from_end: bool, **options: 
     settings = load_settings(**options)
     _warn_if_password_given(options)
     security = aiokafka_security(settings)
+    dead_letters = settings.output_topic == settings.dlq_topic
 
     async def run() -> None:
         async for _key, value, headers in consume(
@@ -332,7 +337,9 @@ def tail(limit: int | None, timeout_s: float | None, from_end: bool, **options: 
             from_beginning=not from_end,
             security=security,
         ):
-            dead = dead_letter_view(value, headers)
+            # only on the dead-letter topic: a result keeps its input's headers, so a dead letter
+            # sent back in as input gives a result that carries error.* headers too
+            dead = dead_letter_view(value, headers) if dead_letters else None
             if dead is not None:
                 click.echo(orjson.dumps(dead).decode())
             else:

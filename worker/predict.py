@@ -90,6 +90,8 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         for sig in self.SIGNALS:
+            if signal.getsignal(sig) is signal.SIG_IGN:
+                continue  # a background job of a script ignores SIGINT: so does predict
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -98,13 +100,16 @@ class StopSignals:
             signal.signal(sig, handler)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self._held:
-            self._pending = self._pending or signum
-            return
-        raise Stopped(signum)
+        # kept pending even when raised: should the raise land where Python swallows it (in a
+        # finaliser: "Exception ignored in …"), the next chunk's write still ends the run
+        self._pending = self._pending or signum
+        if not self._held:
+            raise Stopped(signum)
 
     @contextmanager
     def held(self) -> Iterator[None]:
+        if self._pending is not None:  # a stop that was raised but swallowed: nothing more written
+            raise Stopped(self._pending)
         self._held = True
         try:
             yield
@@ -128,7 +133,8 @@ def count_records(stream: IO[bytes]) -> int | None:
         if not stream.seekable():
             return None
         start = stream.tell()
-        n = sum(1 for raw in stream if raw.strip())
+        # blank as read_records judges it (str.strip: U+3000 and other Unicode spaces included)
+        n = sum(1 for raw in stream if raw.decode("utf-8", "replace").lstrip("\ufeff").strip())
         stream.seek(start)
     except OSError:
         return None
@@ -175,23 +181,26 @@ def run_predict(
     """Classify ``texts`` then the records of ``file``, streaming results to stdout; exits the
     process with 130/143 when stopped by a signal, or :data:`EXIT_BAD_LINES` after bad lines."""
     items: Iterable[Item] = [(None, t) for t in texts]
-    name = counted = None
-    if file is not None:
-        name = str(getattr(file, "name", "<stdin>"))
-        counted = count_records(file)
-        items = chain(items, read_records(file, name))
-    progress = Progress(total=None if file is not None and counted is None else len(texts) + (counted or 0))
+    name = None if file is None else str(getattr(file, "name", "<stdin>"))
+    progress = Progress(total=None)
     bad = Skipped(name or "--text")
     show = file is not None and sys.stderr.isatty()  # a bar for files, on a terminal only
     try:
-        with (
-            StopSignals() as stops,
-            tqdm(total=progress.total, unit="text", desc="classifying", disable=not show) as bar,
-        ):
-            stream(settings, items, fmt, progress, bad, stops, bar, skip_bad=skip_bad, name=name)
+        with StopSignals() as stops:  # before counting: a large file takes a moment to count
+            if file is not None:
+                assert name is not None
+                counted = count_records(file)
+                progress.total = None if counted is None else len(texts) + counted
+                items = chain(items, read_records(file, name))
+            else:
+                progress.total = len(texts)
+            with tqdm(total=progress.total, unit="text", desc="classifying", disable=not show) as bar:
+                stream(settings, items, fmt, progress, bad, stops, bar, skip_bad=skip_bad, name=name)
     except Stopped as stop:
         if bad:
             click.echo(bad_summary(bad, skip_bad), err=True)
+        if skip_bad and bad:
+            progress.total = None  # skipped lines write nothing: "of N" would never be reached
         click.echo(interrupted(progress, name), err=True)
         sys.exit(128 + stop.signum)
     if bad:

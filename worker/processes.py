@@ -272,9 +272,13 @@ def run_processes(
     return supervisor.exit_code
 
 
-class StopRequested(BaseException):
-    """A stop signal (SIGTERM, SIGINT, ...) arrived during :func:`stop_on_signals` (a BaseException,
-    like KeyboardInterrupt, so no ``except Exception`` in the loading code swallows it)."""
+class StopRequested(KeyboardInterrupt):
+    """A stop signal (SIGTERM, SIGINT, ...) arrived during :func:`stop_on_signals`.
+
+    A KeyboardInterrupt, so that no ``except Exception`` in the loading code swallows it, and so
+    that asyncio passes it on from whatever task or callback it interrupted (an ``asyncio.run``
+    in the block: asyncio re-raises only KeyboardInterrupt and SystemExit from those, and keeps
+    any other BaseException on the task, where the stop would be lost)."""
 
 
 @contextlib.contextmanager

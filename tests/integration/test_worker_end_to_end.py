@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import subprocess
@@ -135,7 +136,7 @@ def test_reviews_in_results_out_bad_input_dead_lettered(
     shown = subprocess.run(
         [sys.executable, "-m", "worker", "tail", "--brokers", broker, "--output-topic", topics["dlq"],
          "--n", str(len(MALFORMED)), "--timeout", "10"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=60, env={**os.environ, "SENTIMENT_DLQ_TOPIC": topics["dlq"]},
     )  # fmt: skip
     assert shown.returncode == 0, shown.stderr
     lines = [orjson.loads(line) for line in shown.stdout.splitlines()]

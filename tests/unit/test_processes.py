@@ -3,6 +3,7 @@ the children's command lines, and the loading phase's signal handling."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ from worker.processes import (
     child_command,
     child_env,
     stop_on_signals,
+    web_ports,
     without_password,
 )
 
@@ -220,3 +222,55 @@ def test_signals_while_loading_raise_stop_requested_and_the_handlers_come_back(s
         time.sleep(5)  # interrupted: the handler raises in the main thread
         pytest.fail("the signal did not stop the block")
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_a_stop_during_asyncio_run_reaches_the_block() -> None:
+    """asyncio keeps any BaseException but KeyboardInterrupt/SystemExit raised in a task or callback
+    on that task; a stop there must still end the block (the broker creating its topics)."""
+
+    async def busy_task() -> None:
+        while True:
+            await asyncio.sleep(0.001)
+
+    async def main() -> None:
+        task = asyncio.get_running_loop().create_task(busy_task())
+        loop = asyncio.get_running_loop()
+        # the signal lands while the background task runs, not in main()
+        loop.call_soon(os.kill, os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(5)
+        task.cancel()
+
+    start = time.monotonic()
+    with pytest.raises(StopRequested), stop_on_signals(once=True):
+        asyncio.run(main())
+    assert time.monotonic() - start < 4, "the stop was swallowed: asyncio.run ran to its end"
+
+
+def test_once_ignores_a_second_signal_during_the_cleanup() -> None:
+    cleaned = False
+    with pytest.raises(StopRequested), stop_on_signals(once=True):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C while stopping a child
+            time.sleep(0.05)
+            cleaned = True
+    assert cleaned
+
+
+def test_keep_ignored_leaves_an_ignored_signal_ignored() -> None:
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    try:
+        with stop_on_signals((signal.SIGTERM, signal.SIGHUP), keep_ignored=True):
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.05)  # not raised: still ignored
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_web_ports_follow_the_first_or_are_all_any_free_port() -> None:
+    assert web_ports(6066, 3) == [6066, 6067, 6068]
+    assert web_ports(0, 3) == [0, 0, 0]  # not 0, 1, 2: each child asks for any free port
