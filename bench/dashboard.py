@@ -28,11 +28,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.demo_reviews import demo_splits
-from worker.broker import DevBroker, create_topics, free_port
-from worker.clients import produce_values
-from worker.demo import wait_ready
-from worker.report import DEFAULT_DASHBOARD, panel_series, render_report
+from models.demo.splits import demo_splits
+from worker.commands.demo import wait_ready
+from worker.commands.report import DEFAULT_DASHBOARD, panel_series, render_report
+from worker.kafka.broker import DevBroker, create_topics, free_port
+from worker.kafka.clients import produce_values
 
 ROOT = Path(__file__).resolve().parent.parent
 

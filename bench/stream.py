@@ -7,7 +7,7 @@ and committing:
 - ``plain-faust``: the pattern in faust's own examples: ``async for values in stream.take(256,
   within=0.05)`` and one ``await topic.send(...)`` per message. The baseline.
 - ``worker``: this project's app (``worker/app.py``) with its default settings: aiokafka's
-  ``getmany`` in batches (``worker/consumer.py``), tokenising on its own thread, up to
+  ``getmany`` in batches (``worker/kafka/consumer.py``), tokenising on its own thread, up to
   ``--max-in-flight`` micro-batches at once, each batch's results sent as one record batch per
   partition with the acknowledgements awaited once, offsets committed as they are acknowledged.
 
@@ -42,12 +42,12 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.engine import EngineInfo, Prediction, Tokenised
-from models.reviews import sample_reviews
+from models.demo.snownlp import sample_reviews
+from models.engine.classifier import EngineInfo, Prediction, Tokenised
 from schemas.messages import now_ms
-from worker.broker import DevBroker, create_topics, free_port
-from worker.clients import consume, produce_values
-from worker.demo import wait_ready
+from worker.commands.demo import wait_ready
+from worker.kafka.broker import DevBroker, create_topics, free_port
+from worker.kafka.clients import consume, produce_values
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCORES = {"negative": 0.0, "positive": 1.0}

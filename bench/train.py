@@ -2,7 +2,7 @@
 
 - ``lora``: one optimizer step = one batch of 16 reviews, peft LoRA (r=8, alpha 16, dropout
   0.15 on q/k/v) on ``Qwen3ForSequenceClassification`` with bf16 autocast (CUDA), AdamW and
-  gradient clipping, exactly what ``models.training.Trainer`` runs per step. Two batchings:
+  gradient clipping, exactly what ``models.training.loop.Trainer`` runs per step. Two batchings:
   ``seed-style`` (the published recipes: ``padding="max_length"``, 160 tokens, reviews in arrival
   order, longer ones truncated) and ``bucketed`` (ours: length-bucketed batches padded to the
   longest in the batch, nothing truncated below 512 tokens). Reported: samples/s, real
@@ -37,12 +37,12 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.engine import RESULTS, build_model, load_texts, sync, tokenizer_file
-from models.engine import EmbeddingHeadEngine
-from models.heads import build_head
-from models.loading import load_tokenizer
+from models.engine.classifier import EmbeddingHeadEngine
+from models.engine.heads import build_head
+from models.engine.loading import load_tokenizer
 from models.manifest import Manifest
 from models.tokenizer import ENDOFTEXT, ENDOFTEXT_ID
-from models.training import length_buckets, pad_batch
+from models.training.loop import length_buckets, pad_batch
 
 BATCH, SEED_PAD, MAX_TOKENS = 16, 160, 512
 

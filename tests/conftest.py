@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from models.tiny import build_tiny_checkpoint
+from models.bases.tiny import build_tiny_checkpoint
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -41,7 +41,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -
 @pytest.fixture(scope="session")
 def broker() -> Iterator[str]:
     """The real dev broker (tansu) on a free port, for the whole session; yields host:port."""
-    from worker.broker import DevBroker, free_port
+    from worker.kafka.broker import DevBroker, free_port
 
     with DevBroker(free_port()) as dev:
         yield dev.bootstrap

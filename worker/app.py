@@ -1,6 +1,6 @@
 """The Faust app: the process around the worker (lifecycle, signals, web views, timers).
 
-Kafka itself is read and written with aiokafka directly, in whole batches (``worker/consumer.py``
+Kafka itself is read and written with aiokafka directly, in whole batches (``worker/kafka/consumer.py``
 says why): faust's own consumer, producer and agents are switched off (:class:`NoKafka`), and a
 :class:`KafkaService` started with the app owns the consumer and the producer. On SIGTERM faust
 stops the app's services, which stops taking, finishes and publishes what is in flight,
@@ -23,17 +23,17 @@ from faust.web import Request, Response, View
 from mode import Service
 from prometheus_client import CollectorRegistry, generate_latest
 
-from models.engine import Classifier
-from worker.broker import check_connection, create_topics, parse_topic_config
-from worker.consumer import KafkaSource
+from models.engine.classifier import Classifier
+from worker.batching.pipeline import BatchProcessor, Limits, Topics
+from worker.batching.scheduler import BatchScheduler
 from worker.health import Health
-from worker.lag import LagTracker
+from worker.kafka.broker import check_connection, create_topics, parse_topic_config
+from worker.kafka.consumer import KafkaSource
+from worker.kafka.lag import LagTracker
+from worker.kafka.publisher import KafkaPublisher
+from worker.kafka.security import aiokafka_security
 from worker.logs import logging_config
 from worker.metrics import METRICS_CONTENT_TYPE, Metrics
-from worker.pipeline import BatchProcessor, Limits, Topics
-from worker.publisher import KafkaPublisher
-from worker.scheduler import BatchScheduler
-from worker.security import aiokafka_security
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -243,8 +243,8 @@ def run_worker(settings: Settings) -> None:
     SIGTERM or SIGINT ends the process with exit 0 and one log line, not a kill by signal (which
     ``--processes`` would count as a crash) or a traceback.
     """
-    from models.default import default_checkpoint
-    from models.engine import load_classifier, resolve_device
+    from models.demo.default import default_checkpoint
+    from models.engine.classifier import load_classifier, resolve_device
     from worker.processes import StopRequested, require_free_ports, stop_on_signals
 
     parse_topic_config(settings.topic_config)  # a malformed one fails now, not after the model loads

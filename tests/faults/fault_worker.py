@@ -2,7 +2,7 @@
 
     python -m tests.faults.fault_worker [FAULTS] -- [sentiment worker options]
 
-``models.engine.load_classifier`` is patched so the engine it returns has its ``forward``
+``models.engine.classifier.load_classifier`` is patched so the engine it returns has its ``forward``
 wrapped: every model call goes through ``forward``, including the engine's own split-on-OOM
 retries and its health probe, so the faults reach exactly the code paths a real device fault
 would. Everything else (CLI, settings, app, Kafka) is the code under test, unchanged.
@@ -90,11 +90,11 @@ class Faults:
 
 
 def install(opts: argparse.Namespace) -> Faults:
-    """Patch ``models.engine.load_classifier`` (``run_worker`` imports it when it runs)."""
-    import models.engine
+    """Patch ``models.engine.classifier.load_classifier`` (``run_worker`` imports it when it runs)."""
+    import models.engine.classifier
 
     faults = Faults(opts)
-    load = models.engine.load_classifier
+    load = models.engine.classifier.load_classifier
 
     def faulty_load(*args: Any, **kwargs: Any) -> Any:
         if opts.load_delay_s:
@@ -104,7 +104,7 @@ def install(opts: argparse.Namespace) -> Faults:
         faults.wrap(engine)
         return engine
 
-    models.engine.load_classifier = faulty_load
+    models.engine.classifier.load_classifier = faulty_load
     return faults
 
 
@@ -113,10 +113,10 @@ def main() -> None:
     split = argv.index("--") if "--" in argv else len(argv)
     install(parse_faults(argv[:split]))
     sys.argv = ["sentiment", "worker", *argv[split + 1 :]]
-    import worker.cli
+    import worker.commands.cli
 
-    say(f"running {worker.cli.__file__}")
-    worker.cli.main()
+    say(f"running {worker.commands.cli.__file__}")
+    worker.commands.cli.main()
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.faults.ledger import Topics
-from worker.broker import DevBroker, free_port
+from worker.kafka.broker import DevBroker, free_port
 
 ROOT = Path(__file__).resolve().parents[2]  # `python -m worker` imports the code of this checkout
 CRASH_MARKS = ("failed, stopping", "Traceback")

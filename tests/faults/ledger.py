@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from models.demo_reviews import demo_splits
+from models.demo.splits import demo_splits
 
 T = TypeVar("T")
 Headers = list[tuple[str, bytes]]

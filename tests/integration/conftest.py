@@ -15,9 +15,9 @@ import orjson
 import pytest
 
 from schemas.errors import SentimentError
-from worker.broker import free_port
-from worker.clients import consume
-from worker.demo import wait_ready
+from worker.commands.demo import wait_ready
+from worker.kafka.broker import free_port
+from worker.kafka.clients import consume
 
 WorkerFactory = Callable[..., subprocess.Popen[bytes]]
 

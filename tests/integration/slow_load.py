@@ -1,7 +1,7 @@
 """``sentiment`` with a model that takes ``SLOW_LOAD_S`` seconds (default 30) to load.
 
 For the test of a stop during loading: the real CLI and ``run_worker``, only
-``models.engine.load_classifier`` sleeps first, so a signal surely arrives while it loads.
+``models.engine.classifier.load_classifier`` sleeps first, so a signal surely arrives while it loads.
 
     python -m tests.integration.slow_load worker --brokers H:P --checkpoint DIR ...
 """
@@ -12,10 +12,10 @@ import os
 import time
 from typing import Any
 
-import models.engine
-from worker.cli import main
+import models.engine.classifier
+from worker.commands.cli import main
 
-real_load = models.engine.load_classifier
+real_load = models.engine.classifier.load_classifier
 
 
 def slow_load(*args: Any, **kwargs: Any) -> Any:
@@ -24,5 +24,5 @@ def slow_load(*args: Any, **kwargs: Any) -> Any:
 
 
 if __name__ == "__main__":
-    models.engine.load_classifier = slow_load
+    models.engine.classifier.load_classifier = slow_load
     main()

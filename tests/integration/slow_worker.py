@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from models.engine import Prediction, Qwen3Engine, Tokenised, load_classifier
+from models.engine.classifier import Prediction, Qwen3Engine, Tokenised, load_classifier
 from worker.app import create_app, quiet_worker
 from worker.settings import load_settings
 

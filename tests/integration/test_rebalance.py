@@ -2,7 +2,7 @@
 
 When its partitions are revoked, the first worker drops what it gathered but did not admit,
 finishes and commits what it admitted, and only then lets the rebalance go on
-(``KafkaSource.on_partitions_revoked`` in ``worker/consumer.py``). With faust's own consumer,
+(``KafkaSource.on_partitions_revoked`` in ``worker/kafka/consumer.py``). With faust's own consumer,
 which forgets acknowledged offsets of revoked partitions before committing, 140-160 results were
 done twice in runs here."""
 
@@ -15,10 +15,10 @@ import time
 import orjson
 import pytest
 
-from models.demo_reviews import demo_splits
+from models.demo.splits import demo_splits
 from tests.integration.conftest import WorkerFactory, result_counts
-from worker.broker import create_topics
-from worker.clients import produce_values
+from worker.kafka.broker import create_topics
+from worker.kafka.clients import produce_values
 
 pytestmark = pytest.mark.integration
 BATCH, RATE = 8, 200

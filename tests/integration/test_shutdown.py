@@ -10,10 +10,10 @@ from collections import Counter
 import orjson
 import pytest
 
-from models.demo_reviews import demo_splits
+from models.demo.splits import demo_splits
 from tests.integration.conftest import WorkerFactory, result_counts, result_ids
-from worker.broker import create_topics
-from worker.clients import consume, produce_values
+from worker.kafka.broker import create_topics
+from worker.kafka.clients import consume, produce_values
 
 pytestmark = pytest.mark.integration
 N = 2000

@@ -10,16 +10,16 @@ from pathlib import Path
 import orjson
 import pytest
 
-from models.data import prepare_splits
-from models.demo_reviews import LABELS, demo_splits, write_tsv
-from models.engine import load_classifier
-from models.head_training import train_head
-from models.lora import train_lora
-from models.tiny_bases import build_tiny_base
-from models.training import LoopConfig
+from models.bases.hub_like import build_tiny_base
+from models.demo.splits import LABELS, demo_splits, write_tsv
+from models.engine.classifier import load_classifier
+from models.training.data import prepare_splits
+from models.training.head_training import train_head
+from models.training.loop import LoopConfig
+from models.training.lora import train_lora
 from tests.integration.conftest import WorkerFactory
-from worker.broker import create_topics
-from worker.clients import consume, produce_values
+from worker.kafka.broker import create_topics
+from worker.kafka.clients import consume, produce_values
 
 pytestmark = pytest.mark.integration
 N = 40

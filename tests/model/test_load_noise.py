@@ -22,16 +22,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Qwen3ForSequenceClassification, Qwen3Model
 
-from models.data import Prepared, prepare_splits
-from models.demo_reviews import LABELS, demo_splits, write_tsv
-from models.engine import load_classifier
-from models.head_training import train_head
-from models.heads import build_head, save_embedding_head_checkpoint
-from models.loading import LM_HEAD, load_model
-from models.lora import train_lora
+from models.bases.hub_like import build_tiny_base
+from models.demo.splits import LABELS, demo_splits, write_tsv
+from models.engine.classifier import load_classifier
+from models.engine.heads import build_head, save_embedding_head_checkpoint
+from models.engine.loading import LM_HEAD, load_model
 from models.manifest import Manifest
-from models.tiny_bases import build_tiny_base
-from models.training import LoopConfig
+from models.training.data import Prepared, prepare_splits
+from models.training.head_training import train_head
+from models.training.loop import LoopConfig
+from models.training.lora import train_lora
 
 NOISE = ("LOAD REPORT", "UNEXPECTED", "MISSING", "\x1b[")
 quiet = lambda _: None  # noqa: E731
@@ -174,7 +174,7 @@ def test_a_tensor_without_a_place_is_one_warning_line(
     """What is not left out on purpose is still said, in one line of our own: here a classifier
     checkpoint loaded as a backbone (a head's base), whose score head a Qwen3Model has no place for."""
     capfd.readouterr()
-    with caplog.at_level(logging.WARNING, logger="models.loading"):
+    with caplog.at_level(logging.WARNING, logger="models.engine.loading"):
         load_model(Qwen3Model, tiny_checkpoint, torch.float32, torch.device("cpu"), dropped=LM_HEAD)
     out, err = capfd.readouterr()
     assert "LOAD REPORT" not in out + err

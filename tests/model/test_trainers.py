@@ -12,18 +12,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models.checkpoint_eval import evaluate_checkpoint
-from models.data import prepare_splits
-from models.demo_model import DEMO_VERSION, train_demo
-from models.demo_reviews import LABELS, demo_splits, write_tsv
-from models.engine import load_classifier
-from models.head_training import train_head
-from models.lora import LoraSettings, train_lora
+from models.bases.tiny import build_tiny_embedding_base
+from models.demo.model import DEMO_VERSION, train_demo
+from models.demo.scratch import CompactVocab, ScratchShape, compact_model, export_model
+from models.demo.splits import LABELS, demo_splits, write_tsv
+from models.engine.classifier import load_classifier
 from models.manifest import load_manifest
-from models.scratch import CompactVocab, ScratchShape, compact_model, export_model
-from models.tiny import build_tiny_embedding_base
 from models.tokenizer import qwen_tokenizer
-from models.training import LoopConfig
+from models.training.checkpoint_eval import evaluate_checkpoint
+from models.training.data import prepare_splits
+from models.training.head_training import train_head
+from models.training.loop import LoopConfig
+from models.training.lora import LoraSettings, train_lora
 
 
 def sentiment(*args: str) -> subprocess.CompletedProcess[str]:

@@ -11,11 +11,11 @@ from typing import Any
 from aiokafka.errors import MessageSizeTooLargeError
 from prometheus_client import CollectorRegistry
 
-from models.engine import EngineInfo, Prediction, Tokenised
+from models.engine.classifier import EngineInfo, Prediction, Tokenised
 from schemas.messages import Headers
+from worker.batching.pipeline import BatchProcessor, Limits, MicroBatch, Outgoing, Record, Topics
+from worker.batching.scheduler import BatchScheduler
 from worker.metrics import Metrics
-from worker.pipeline import BatchProcessor, Limits, MicroBatch, Outgoing, Record, Topics
-from worker.scheduler import BatchScheduler
 
 
 class FakeClassifier:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.broker import free_port
+from worker.kafka.broker import free_port
 
 SENTIMENT = str(Path(sys.executable).parent / "sentiment")  # the console script setup.sh installs
 
@@ -108,7 +108,7 @@ def test_a_hub_id_in_the_local_cache_is_its_snapshot(tmp_path: Path) -> None:
     (snapshot / "config.json").write_text("{}")
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("a" * 40)
-    code = "from worker.cli import base_directory; print(base_directory('Qwen/Qwen3-0.6B'))"
+    code = "from worker.commands.cli import base_directory; print(base_directory('Qwen/Qwen3-0.6B'))"
     proc = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

@@ -8,8 +8,8 @@ from typing import Any, cast
 import pytest
 from aiokafka import ConsumerRecord
 
-from worker.consumer import KafkaSource, to_record
-from worker.scheduler import BatchScheduler
+from worker.batching.scheduler import BatchScheduler
+from worker.kafka.consumer import KafkaSource, to_record
 from worker.settings import load_settings
 
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from models.data import (
+from models.demo.snownlp import LabelledText
+from models.demo.splits import SPLIT_NAMES, build_demo_splits, demo_path, demo_splits
+from models.training.data import (
     DataError,
     NotUtf8Error,
     Skipped,
@@ -19,8 +21,6 @@ from models.data import (
     split,
     utf8_lines,
 )
-from models.demo_reviews import SPLIT_NAMES, build_demo_splits, demo_path, demo_splits
-from models.reviews import LabelledText
 from schemas.errors import ConfigError
 
 LABELS = ("negative", "positive")

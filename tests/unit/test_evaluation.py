@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from models.evaluation import evaluate, format_report
+from models.training.evaluation import evaluate, format_report
 
 
 def test_metrics_match_a_hand_computed_example() -> None:

@@ -7,8 +7,8 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
+from worker.batching.scheduler import InFlight
 from worker.metrics import Metrics
-from worker.scheduler import InFlight
 
 
 def test_tracks_count_and_oldest_age_and_clears_on_error() -> None:

@@ -14,7 +14,7 @@ from worker.logs import JsonFormatter, TextFormatter, logging_config, wants_json
 
 def record(**extra: object) -> logging.LogRecord:
     rec = logging.LogRecord(
-        "worker.pipeline", logging.WARNING, __file__, 1, "dead-lettering %s", ("x",), None
+        "worker.batching.pipeline", logging.WARNING, __file__, 1, "dead-lettering %s", ("x",), None
     )
     rec.__dict__.update(extra)
     return rec
@@ -23,7 +23,7 @@ def record(**extra: object) -> logging.LogRecord:
 def test_json_lines_carry_topic_partition_offset() -> None:
     line = JsonFormatter().format(record(**where("reviews", 2, 427)))
     entry = json.loads(line)
-    assert entry["level"] == "warning" and entry["logger"] == "worker.pipeline"
+    assert entry["level"] == "warning" and entry["logger"] == "worker.batching.pipeline"
     assert entry["message"] == "dead-lettering x"
     assert (entry["topic"], entry["partition"], entry["offset"]) == ("reviews", 2, 427)
     assert entry["ts"].endswith("+00:00")

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from models.ngram_teacher import NgramClassifier, TfidfFeatures, char_ngrams, out_of_fold_log_probs
+from models.demo.ngram_teacher import NgramClassifier, TfidfFeatures, char_ngrams, out_of_fold_log_probs
 
 
 def test_char_ngrams_lower_case_and_collapse_whitespace() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.offsets import OffsetBook
+from worker.kafka.offsets import OffsetBook
 
 
 def book_with(partition: str, offsets: list[int]) -> OffsetBook[str]:

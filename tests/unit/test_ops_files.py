@@ -56,7 +56,7 @@ def test_each_panel_plots_one_quantity_and_says_which() -> None:
     """One y axis per panel: reviews and tokens per batch, batches and the reviews they hold, each
     have their own panel; and every panel says its unit in words in `sentiment report` (a Grafana
     unit id it knows, or the panel's axisLabel for a bare count or rate)."""
-    from worker.report import UNITS
+    from worker.commands.report import UNITS
 
     for panel in json.loads(DASHBOARD.read_text())["panels"]:
         plotted = {measured(t["expr"]) for t in panel["targets"]}
@@ -81,7 +81,7 @@ def test_each_panel_plots_one_quantity_and_says_which() -> None:
     ],
 )
 def test_report_axis_in_words(unit: str, largest: float, expected: tuple[str, float]) -> None:
-    from worker.report import axis
+    from worker.commands.report import axis
 
     assert axis({"fieldConfig": {"defaults": {"unit": unit}}}, largest) == expected
     named = {"fieldConfig": {"defaults": {"unit": unit, "custom": {"axisLabel": "reviews/s"}}}}
@@ -89,7 +89,7 @@ def test_report_axis_in_words(unit: str, largest: float, expected: tuple[str, fl
 
 
 def test_report_title_duration() -> None:
-    from worker.report import duration
+    from worker.commands.report import duration
 
     assert [duration(s) for s in (140, 2.33333 * 60, 900, 45, 3900, 0)] == [
         "2 min 20 s", "2 min 20 s", "15 min", "45 s", "1 h 5 min", "0 s",

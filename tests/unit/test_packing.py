@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.packing import last_non_pad, last_token, pack
+from models.engine.packing import last_non_pad, last_token, pack
 
 PAD = 9
 

@@ -11,7 +11,7 @@ from aiokafka.errors import KafkaTimeoutError, NotEnoughReplicasError, ProducerC
 from prometheus_client import CollectorRegistry
 
 from tests.unit.fakes import FakePublisher, Run, handle, make, record
-from worker.pipeline import ModelBroken, PublishError
+from worker.batching.pipeline import ModelBroken, PublishError
 
 
 def test_valid_reviews_are_published_and_bad_ones_dead_lettered() -> None:

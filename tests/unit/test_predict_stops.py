@@ -1,4 +1,4 @@
-"""``predict``'s stop handling (worker/predict.py StopSignals) without a model: a signal during a
+"""``predict``'s stop handling (worker/commands/predict.py StopSignals) without a model: a signal during a
 write waits for the write, one outside it stops at once, and an ignored SIGINT stays ignored."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from worker.predict import Stopped, StopSignals
+from worker.commands.predict import Stopped, StopSignals
 
 
 def test_a_signal_during_a_write_waits_until_the_write_is_whole() -> None:

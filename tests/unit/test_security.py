@@ -12,7 +12,7 @@ import certifi
 import pytest
 
 from schemas.errors import ConfigError
-from worker.security import aiokafka_security, broker_credentials
+from worker.kafka.security import aiokafka_security, broker_credentials
 from worker.settings import load_settings
 
 
@@ -69,7 +69,7 @@ def test_client_certificate(tmp_path: Path) -> None:
 
 def check(monkeypatch: pytest.MonkeyPatch, error: BaseException | None, **settings: Any) -> list[dict]:
     """``check_connection`` with the settings' security, against a fake ``create_conn``."""
-    from worker import broker
+    from worker.kafka import broker
 
     calls: list[dict] = []
 
@@ -98,7 +98,7 @@ def test_the_connection_check_logs_in_as_the_clients_will(monkeypatch: pytest.Mo
 def test_a_refused_login_is_a_broker_error_naming_the_mechanism(monkeypatch: pytest.MonkeyPatch) -> None:
     from aiokafka.errors import SaslAuthenticationFailed
 
-    from worker.broker import BrokerError
+    from worker.kafka.broker import BrokerError
 
     with pytest.raises(BrokerError) as info:
         check(monkeypatch, SaslAuthenticationFailed("bad credentials"),
@@ -109,7 +109,7 @@ def test_a_refused_login_is_a_broker_error_naming_the_mechanism(monkeypatch: pyt
 
 
 def test_a_failed_tls_handshake_is_a_broker_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker.broker import BrokerError
+    from worker.kafka.broker import BrokerError
 
     error = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
     with pytest.raises(BrokerError, match=r"^TLS handshake with k1:9092 failed: "):

@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.lora import choose_max_length
-from models.training import (
+from models.training.loop import (
     Encoded,
     LoopConfig,
     Trainer,
@@ -19,6 +18,7 @@ from models.training import (
     predict_logits,
     warmup_cosine,
 )
+from models.training.lora import choose_max_length
 
 
 def test_warmup_then_cosine_to_zero() -> None:

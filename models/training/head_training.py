@@ -1,0 +1,272 @@
+"""``sentiment train head``: a frozen Qwen3-Embedding base plus a trained classification head.
+
+Texts are embedded once through the serving engine (the Qwen3-Embedding recipe: instruction,
+``<|endoftext|>``, last-token pooling, MRL cut, L2 normalisation) and the vectors are cached on
+disk, keyed by the base model, instruction, dimensions, max length, dtype and the texts. The head
+is then fitted on the cached vectors in seconds:
+
+- ``linear`` (default): multinomial logistic regression by full-batch L-BFGS with balanced class
+  weights; its L2 strength is chosen on the dev split by macro-F1.
+- ``mlp``: Linear → GELU → Linear with AdamW, the best epoch on dev kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+from transformers import Qwen3Model
+from transformers.utils import logging as hf_logging
+
+from models.bases.tiny import atomic_directory
+from models.demo.snownlp import LabelledText
+from models.engine.classifier import EmbeddingHeadEngine, resolve_device
+from models.engine.heads import HeadType, build_head, save_embedding_head_checkpoint
+from models.engine.loading import LM_HEAD, base_reference, load_model, load_tokenizer, qwen3_config
+from models.manifest import Manifest
+from models.training.data import Prepared
+from models.training.evaluation import evaluate
+from models.training.plots import projection_png
+from models.training.reporting import report_checkpoint
+from schemas.errors import ConfigError
+
+L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2)
+CHUNK = 1024  # texts per engine call (one progress-bar step)
+
+
+def base_fingerprint(base: Path) -> str:
+    """Identifies the base's weights cheaply: config.json's bytes and each weights file's size and mtime."""
+    h = hashlib.sha256((base / "config.json").read_bytes())
+    for path in sorted(base.glob("*.safetensors")):
+        st = path.stat()
+        h.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+class EmbeddingCache:
+    """``cache_dir/<key>.safetensors``: one file per (base, settings, list of texts)."""
+
+    def __init__(self, cache_dir: Path, *, base: Path, settings: dict[str, Any]) -> None:
+        self.dir = cache_dir
+        self.prefix = {"base": str(base.resolve()), "weights": base_fingerprint(base), **settings}
+
+    def path(self, texts: Sequence[str]) -> Path:
+        h = hashlib.sha256(orjson.dumps(self.prefix, option=orjson.OPT_SORT_KEYS))
+        for t in texts:
+            h.update(t.encode() + b"\x00")
+        return self.dir / f"{h.hexdigest()[:32]}.safetensors"
+
+    def get(self, texts: Sequence[str]) -> torch.Tensor | None:
+        path = self.path(texts)
+        return load_file(str(path))["features"] if path.is_file() else None
+
+    def put(self, texts: Sequence[str], features: torch.Tensor) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.path(texts)
+        tmp = path.with_suffix(".tmp")
+        save_file({"features": features.contiguous()}, str(tmp), metadata={"n": str(len(texts))})
+        tmp.replace(path)
+
+
+def embed(
+    engine: EmbeddingHeadEngine, texts: Sequence[str], cache: EmbeddingCache, what: str
+) -> torch.Tensor:
+    """Unit embeddings of ``texts`` ([n, dimensions], float32), from the cache when present."""
+    cached = cache.get(texts)
+    if cached is not None:
+        return cached
+    parts = []
+    with tqdm(total=len(texts), desc=f"embedding {what}", unit="text", disable=None) as bar:
+        for start in range(0, len(texts), CHUNK):
+            chunk = texts[start : start + CHUNK]
+            result = engine.infer(chunk, keep_features=True)
+            assert result.features is not None
+            parts.append(result.features)
+            bar.update(len(chunk))
+    features = torch.cat(parts) if parts else torch.empty(0, engine.dimensions)
+    cache.put(texts, features)
+    return features
+
+
+def class_weights(y: torch.Tensor, k: int) -> torch.Tensor:
+    """Balanced weights n / (k · count) (a missing class gets weight 0)."""
+    counts = torch.bincount(y, minlength=k).double()
+    return torch.where(counts > 0, len(y) / (k * counts.clamp(min=1)), 0.0).float()
+
+
+def fit_linear(x: torch.Tensor, y: torch.Tensor, k: int, l2: float, weights: torch.Tensor) -> nn.Sequential:
+    """Multinomial logistic regression, L2-regularised, by full-batch L-BFGS."""
+    head = build_head("linear", x.shape[1], k)
+    linear = head[0]
+    assert isinstance(linear, nn.Linear)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(head(x), y, weight=weights) + l2 * linear.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return head.eval()
+
+
+def fit_mlp(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    k: int,
+    weights: torch.Tensor,
+    dev: tuple[torch.Tensor, list[int]],
+    labels: Sequence[str],
+    *,
+    epochs: int = 60,
+    seed: int = 0,
+) -> nn.Sequential:
+    torch.manual_seed(seed)
+    head = build_head("mlp", x.shape[1], k)
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.01)
+    best, best_state = -1.0, head.state_dict()
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        head.train()
+        for batch in torch.randperm(len(y), generator=generator).split(128):
+            loss = nn.functional.cross_entropy(head(x[batch]), y[batch], weight=weights)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        head.eval()
+        with torch.no_grad():
+            f1 = evaluate(labels, dev[1], head(dev[0]).softmax(-1)).macro_f1
+        if f1 > best:
+            best, best_state = f1, {k: v.clone() for k, v in head.state_dict().items()}
+    head.load_state_dict(best_state)
+    return head.eval()
+
+
+def train_head(
+    base: Path,
+    data: Prepared,
+    labels: Sequence[str],
+    out: Path,
+    *,
+    cache_dir: Path,
+    head_type: HeadType = "linear",
+    instruction: str | None = None,
+    dimensions: int | None = None,
+    max_length: int = 512,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_tokens: int = 16384,
+    seed: int = 0,
+    name: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> Path:
+    """Embed ``data`` with the frozen ``base``, fit the head, write an ``embedding-head`` checkpoint."""
+    started = time.perf_counter()
+    hf_logging.disable_progress_bar()
+    if out.exists():
+        raise ConfigError(f"{out} already exists; choose another --out or remove it")
+    config = qwen3_config(base)
+    if dimensions is not None and not 0 < dimensions <= config.hidden_size:
+        raise ConfigError(f"--dimensions must be between 1 and the base's hidden size ({config.hidden_size})")
+    dev, dt = resolve_device(device, dtype)
+    manifest = Manifest(  # type: ignore[call-arg]  # features: an extra field, kept as is
+        kind="embedding-head",
+        base_model=base_reference(base, out),
+        labels=list(labels),
+        max_length=max_length,
+        instruction=instruction,
+        dimensions=dimensions,
+        name=name or out.name,
+        version="1",
+        # the head is fitted on features computed here; evaluation and serving should match them
+        features={"device": dev.type, "dtype": str(dt).removeprefix("torch.")},
+    )
+    tokenizer, append_id = load_tokenizer(base, max_length, append_eos=True)
+    backbone = load_model(Qwen3Model, base, dt, dev, dropped=LM_HEAD)  # a causal-LM base's head
+    placeholder = build_head(
+        "linear", dimensions or config.hidden_size, len(labels)
+    )  # only features are read
+    engine = EmbeddingHeadEngine(
+        backbone,
+        placeholder,
+        tokenizer,
+        manifest,
+        name=manifest.name or "",
+        append_id=append_id,
+        max_batch_tokens=batch_tokens,
+    )
+    cache = EmbeddingCache(
+        cache_dir,
+        base=base,
+        settings={
+            "instruction": instruction,
+            "dimensions": dimensions,
+            "max_length": max_length,
+            "dtype": str(dt),
+        },
+    )
+    k = len(labels)
+
+    def xy(part: Sequence[LabelledText], what: str) -> tuple[torch.Tensor, list[int]]:
+        return embed(engine, [ex.text for ex in part], cache, what), [
+            list(labels).index(ex.label) for ex in part
+        ]
+
+    embed_start = time.perf_counter()
+    x_train, y_train = xy(data.splits.train, "train")
+    x_dev, y_dev = xy(data.splits.dev, "dev")
+    embed_seconds = time.perf_counter() - embed_start
+    y = torch.as_tensor(y_train)
+    weights = class_weights(y, k)
+    search: list[dict[str, float]] = []
+    if head_type == "linear":
+        best: tuple[float, nn.Sequential] | None = None
+        for l2 in L2_GRID:
+            candidate = fit_linear(x_train, y, k, l2, weights)
+            with torch.no_grad():
+                f1 = evaluate(labels, y_dev, candidate(x_dev).softmax(-1)).macro_f1
+            search.append({"l2": l2, "dev_macro_f1": f1})
+            echo(f"linear head, L2 {l2:g}: dev macro-F1 {f1:.4f}")
+            if best is None or f1 > best[0]:
+                best = (f1, candidate)
+        assert best is not None
+        head = best[1]
+    else:
+        head = fit_mlp(x_train, y, k, weights, (x_dev, y_dev), labels, seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(out) as tmp:
+        save_embedding_head_checkpoint(tmp, head, manifest)
+        training: dict[str, Any] = {
+            "mode": "head",
+            "head": head_type,
+            "seed": seed,
+            "l2_search": search,
+            "class_weights": weights.tolist(),
+            "data": data.sources,
+            "notes": data.notes,
+            "embedding_seconds": round(embed_seconds, 1),
+            "texts_embedded": len(x_train) + len(x_dev),
+            "seconds": round(time.perf_counter() - started, 1),
+            "torch": torch.__version__,
+            "device": str(dev),
+            "machine": platform.machine(),
+        }
+        parts = {"dev": (data.splits.dev, data.sources["dev"])}
+        if data.splits.test:
+            parts["test"] = (data.splits.test, data.sources["test"])
+        report_checkpoint(tmp, parts, training=training, device=str(dev), echo=echo)
+        projection_png(x_train, y_train, labels, tmp / "embeddings-train.png")
+    echo(f"\nwrote {out} in {time.perf_counter() - started:.0f} s")
+    return out

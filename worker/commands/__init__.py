@@ -1,0 +1,1 @@
+"""The ``sentiment`` command line (:mod:`~worker.commands.cli`) and what its subcommands run."""
