@@ -30,9 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.demo.splits import demo_splits
 from worker.commands.demo import wait_ready
+from worker.commands.dev_broker import DevBroker
 from worker.commands.report import DEFAULT_DASHBOARD, panel_series, render_report
-from worker.kafka.broker import DevBroker, create_topics, free_port
+from worker.kafka.admin import create_topics
 from worker.kafka.clients import produce_values
+from worker.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

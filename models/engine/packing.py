@@ -1,4 +1,5 @@
-"""Pack tokenised texts into one padding-free stream for the packed-attention backbone.
+"""Cut a call's tokenised texts into forward passes, and pack each pass into one padding-free stream
+for the packed-attention backbone.
 
 A batch of texts becomes one row of ``sum(lengths)`` tokens. Positions restart at 0 for every
 text and the attention sees one text at a time (``cu_seqlens``), so each text is computed as if
@@ -69,3 +70,39 @@ def last_non_pad(seq: Sequence[int], pad_id: int) -> int:
         if seq[i] != pad_id:
             return i
     return 0
+
+
+def plan_batches(lengths: Sequence[int], *, max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into batches, shortest texts first.
+
+    A text longer than the whole budget still gets a batch of its own rather than being dropped.
+    """
+    if max_batch_tokens < 1 or max_batch_size < 1:
+        raise ValueError("max_batch_tokens and max_batch_size must be positive")
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        # sorted ascending, so the newcomer is the longest of the batch
+        if current and (len(current) == max_batch_size or (len(current) + 1) * lengths[i] > max_batch_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def padding_fraction(lengths: Sequence[int], *, max_batch_tokens: int, max_batch_size: int) -> float:
+    """Share of the padded token slots (``longest × count`` per planned batch) that are padding.
+
+    The budget is counted padded, so this is the share of it spent on nothing: how well length
+    sorting packs the texts given. The packed forward pass computes real tokens only.
+    """
+    if not lengths:
+        return 0.0
+    padded = sum(
+        len(batch) * max(lengths[i] for i in batch)
+        for batch in plan_batches(lengths, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size)
+    )
+    return 1.0 - sum(lengths) / padded

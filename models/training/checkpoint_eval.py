@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 import torch
 
-from models.demo.snownlp import LabelledText
 from models.engine.classifier import load_classifier
 from models.manifest import MANIFEST, load_manifest
+from models.training.data import LabelledText
 from models.training.evaluation import Report, evaluate
 
 

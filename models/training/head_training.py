@@ -27,13 +27,11 @@ from tqdm import tqdm
 from transformers import Qwen3Model
 from transformers.utils import logging as hf_logging
 
-from models.bases.tiny import atomic_directory
-from models.demo.snownlp import LabelledText
 from models.engine.classifier import EmbeddingHeadEngine, resolve_device
 from models.engine.heads import HeadType, build_head, save_embedding_head_checkpoint
 from models.engine.loading import LM_HEAD, base_reference, load_model, load_tokenizer, qwen3_config
-from models.manifest import Manifest
-from models.training.data import Prepared
+from models.manifest import Manifest, atomic_directory
+from models.training.data import LabelledText, Prepared
 from models.training.evaluation import evaluate
 from models.training.plots import projection_png
 from models.training.reporting import report_checkpoint

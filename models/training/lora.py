@@ -21,7 +21,6 @@ import torch
 from transformers import Qwen3ForSequenceClassification
 from transformers.utils import logging as hf_logging
 
-from models.bases.tiny import atomic_directory
 from models.engine.classifier import resolve_device
 from models.engine.loading import (
     LM_HEAD,
@@ -34,7 +33,7 @@ from models.engine.loading import (
     require_file,
     warn_unexpected,
 )
-from models.manifest import Manifest
+from models.manifest import Manifest, atomic_directory
 from models.tokenizer import copy_tokenizer
 from models.training.checkpoint_eval import data_digest
 from models.training.data import Prepared

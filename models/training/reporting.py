@@ -6,8 +6,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from models.demo.snownlp import LabelledText
 from models.training.checkpoint_eval import evaluate_checkpoint, evaluation_entry, record
+from models.training.data import LabelledText
 from models.training.evaluation import Report, format_report
 from models.training.plots import confusion_png, learning_curves_png
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.faults.ledger import Topics
-from worker.kafka.broker import DevBroker, free_port
+from worker.commands.dev_broker import DevBroker
+from worker.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]  # `python -m worker` imports the code of this checkout
 CRASH_MARKS = ("failed, stopping", "Traceback")

@@ -29,7 +29,8 @@ from aiokafka.partitioner import murmur2
 from tests.faults.conftest import LONG, QUICK, FleetFactory, LedgerFactory, Sizes, create_topics
 from tests.faults.harness import Fleet, ReadyzPoller, Worker, frozen
 from tests.faults.ledger import Ledger, Message, Report, Sent, Topics, reviews
-from worker.kafka.broker import DevBroker, free_port
+from worker.commands.dev_broker import DevBroker
+from worker.ports import free_port
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 BATCH, IN_FLIGHT = 8, 2

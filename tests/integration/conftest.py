@@ -16,8 +16,8 @@ import pytest
 
 from schemas.errors import SentimentError
 from worker.commands.demo import wait_ready
-from worker.kafka.broker import free_port
 from worker.kafka.clients import consume
+from worker.ports import free_port
 
 WorkerFactory = Callable[..., subprocess.Popen[bytes]]
 

@@ -20,8 +20,9 @@ from tokenizers import Tokenizer
 from tests.integration.conftest import WorkerFactory, result_ids
 from worker.app import LAG_REFRESH_S
 from worker.commands.demo import wait_ready
-from worker.kafka.broker import create_topics, free_port
+from worker.kafka.admin import create_topics
 from worker.kafka.clients import produce_values
+from worker.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,8 @@ import psutil
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from worker.kafka.broker import DevBroker, PortInUseError, free_port
+from worker.commands.dev_broker import DevBroker, PortInUseError
+from worker.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -165,16 +166,16 @@ def test_dev_broker_does_not_hand_out_a_listener_that_took_the_port_after_its_ch
 ) -> None:
     """The race the check before starting cannot close: the port is taken between the check
     and tansu's bind. tansu then exits (with code 0) while the other program accepts connections."""
-    import worker.kafka.broker
+    import worker.commands.dev_broker
 
-    real = worker.kafka.broker.bind_problem
+    real = worker.commands.dev_broker.bind_problem
     calls: list[int] = []
 
     def free_at_first(host: str, port: int) -> OSError | None:
         calls.append(port)
         return None if len(calls) == 1 else real(host, port)
 
-    monkeypatch.setattr(worker.kafka.broker, "bind_problem", free_at_first)
+    monkeypatch.setattr(worker.commands.dev_broker, "bind_problem", free_at_first)
     dev = DevBroker(listener)
     with pytest.raises(PortInUseError, match="already in use"):
         dev.start(timeout_s=10)

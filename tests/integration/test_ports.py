@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.kafka.broker import free_port
+from worker.ports import free_port
 
 pytestmark = pytest.mark.integration
 

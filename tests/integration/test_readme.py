@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.kafka.broker import free_port
+from worker.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ import pytest
 
 from models.demo.splits import demo_splits
 from tests.integration.conftest import WorkerFactory, result_counts
-from worker.kafka.broker import create_topics
+from worker.kafka.admin import create_topics
 from worker.kafka.clients import produce_values
 
 pytestmark = pytest.mark.integration

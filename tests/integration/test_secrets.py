@@ -14,7 +14,7 @@ import pytest
 
 from tests.integration.conftest import WorkerFactory
 from tests.integration.test_processes import children_of, get, wait_until
-from worker.kafka.broker import free_port
+from worker.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from tests.integration.conftest import WorkerFactory
-from worker.kafka.broker import create_topics, parse_topic_config
+from worker.kafka.admin import create_topics, parse_topic_config
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ def test_configs_land_on_new_topics_and_an_existing_topic_is_left_alone(
     existing, new = topics["input"], topics["output"]
     asyncio.run(create_topics(broker, [existing], partitions=2, replication_factor=1))
     configs = parse_topic_config("max.message.bytes=2000, retention.ms=60000")
-    with caplog.at_level("WARNING", logger="worker.kafka.broker"):
+    with caplog.at_level("WARNING", logger="worker.kafka.admin"):
         asyncio.run(create_topics(broker, [existing, new], partitions=3, configs=configs))
     found = asyncio.run(describe(broker, [existing, new]))
     assert found[new] == (3, {"max.message.bytes": "2000", "retention.ms": "60000"})

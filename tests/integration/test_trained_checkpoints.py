@@ -18,7 +18,7 @@ from models.training.head_training import train_head
 from models.training.loop import LoopConfig
 from models.training.lora import train_lora
 from tests.integration.conftest import WorkerFactory
-from worker.kafka.broker import create_topics
+from worker.kafka.admin import create_topics
 from worker.kafka.clients import consume, produce_values
 
 pytestmark = pytest.mark.integration

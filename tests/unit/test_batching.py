@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.engine.batching import plan_batches
+from models.engine.packing import plan_batches
 
 
 def test_every_index_once_sorted_within_budget_and_cap() -> None:

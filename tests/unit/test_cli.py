@@ -71,7 +71,7 @@ def test_an_empty_environment_variable_counts_as_unset(monkeypatch: pytest.Monke
 
 
 def test_report_without_prometheus_is_a_clear_error(tmp_path: Path) -> None:
-    from worker.kafka.broker import free_port
+    from worker.ports import free_port
 
     proc = run("report", "--prometheus", f"http://127.0.0.1:{free_port()}", "--out", str(tmp_path / "r.png"))
     assert proc.returncode == 2
@@ -79,7 +79,7 @@ def test_report_without_prometheus_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_unreachable_broker_is_a_clear_error() -> None:
-    from worker.kafka.broker import free_port
+    from worker.ports import free_port
 
     proc = run("worker", "--brokers", f"127.0.0.1:{free_port()}", "--web-port", "0")
     assert proc.returncode == 2

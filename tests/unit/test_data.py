@@ -7,19 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from models.demo.snownlp import LabelledText
 from models.demo.splits import SPLIT_NAMES, build_demo_splits, demo_path, demo_splits
+from models.text_lines import DataError, NotUtf8Error, Skipped, utf8_lines
 from models.training.data import (
-    DataError,
-    NotUtf8Error,
-    Skipped,
+    LabelledText,
     deduplicate,
     leaks,
     parse_label_map,
     prepare_splits,
     read_labelled,
     split,
-    utf8_lines,
 )
 from schemas.errors import ConfigError
 

@@ -69,7 +69,7 @@ def test_client_certificate(tmp_path: Path) -> None:
 
 def check(monkeypatch: pytest.MonkeyPatch, error: BaseException | None, **settings: Any) -> list[dict]:
     """``check_connection`` with the settings' security, against a fake ``create_conn``."""
-    from worker.kafka import broker
+    from worker.kafka import admin
 
     calls: list[dict] = []
 
@@ -83,9 +83,9 @@ def check(monkeypatch: pytest.MonkeyPatch, error: BaseException | None, **settin
             raise error
         return Conn()
 
-    monkeypatch.setattr(broker, "create_conn", create_conn)
+    monkeypatch.setattr(admin, "create_conn", create_conn)
     security = aiokafka_security(load_settings(**settings))
-    asyncio.run(broker.check_connection(["k1:9092"], security, timeout_s=1))
+    asyncio.run(admin.check_connection(["k1:9092"], security, timeout_s=1))
     return calls
 
 
@@ -98,7 +98,7 @@ def test_the_connection_check_logs_in_as_the_clients_will(monkeypatch: pytest.Mo
 def test_a_refused_login_is_a_broker_error_naming_the_mechanism(monkeypatch: pytest.MonkeyPatch) -> None:
     from aiokafka.errors import SaslAuthenticationFailed
 
-    from worker.kafka.broker import BrokerError
+    from worker.kafka.admin import BrokerError
 
     with pytest.raises(BrokerError) as info:
         check(monkeypatch, SaslAuthenticationFailed("bad credentials"),
@@ -109,7 +109,7 @@ def test_a_refused_login_is_a_broker_error_naming_the_mechanism(monkeypatch: pyt
 
 
 def test_a_failed_tls_handshake_is_a_broker_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker.kafka.broker import BrokerError
+    from worker.kafka.admin import BrokerError
 
     error = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
     with pytest.raises(BrokerError, match=r"^TLS handshake with k1:9092 failed: "):

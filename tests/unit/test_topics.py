@@ -14,8 +14,8 @@ import pytest
 from aiokafka.errors import ClusterAuthorizationFailedError, KafkaConnectionError
 
 from schemas.errors import ConfigError
-from worker.kafka import broker
-from worker.kafka.broker import BrokerError, create_topics, parse_topic_config
+from worker.kafka import admin
+from worker.kafka.admin import BrokerError, create_topics, parse_topic_config
 
 TOPICS = ["reviews", "reviews.sentiment", "reviews.dlq"]
 
@@ -99,7 +99,7 @@ class FakeAdmin:
 @pytest.fixture
 def kafka(monkeypatch: pytest.MonkeyPatch) -> Cluster:
     cluster = Cluster()
-    monkeypatch.setattr(broker, "AIOKafkaAdminClient", functools.partial(FakeAdmin, cluster))
+    monkeypatch.setattr(admin, "AIOKafkaAdminClient", functools.partial(FakeAdmin, cluster))
     return cluster
 
 
@@ -163,7 +163,7 @@ def test_an_unreadable_broker_default_gives_1_and_says_so(
         kafka.describe_error = KafkaConnectionError("Connection at b:9092 closed")
     else:
         kafka.default_replication = None
-    with caplog.at_level(logging.WARNING, logger="worker.kafka.broker"):
+    with caplog.at_level(logging.WARNING, logger="worker.kafka.admin"):
         create()
     assert {t.replication_factor for t in kafka.created()} == {1}
     [record] = caplog.records

@@ -50,8 +50,8 @@ from aiokafka.errors import (
 )
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from models.engine.batching import padding_fraction
 from models.engine.classifier import Classifier, Prediction, Tokenised
+from models.engine.packing import padding_fraction
 from schemas.errors import InvalidMessage, ModelError, ResultTooLargeError, SchemaError, SentimentError
 from schemas.messages import (
     Headers,

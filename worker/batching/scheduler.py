@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from typing import Any, NoReturn
 
-from models.engine.batching import cut_by_tokens
 from models.engine.classifier import Classifier, Tokenised
 from schemas.errors import InvalidMessage, ModelError
 from schemas.messages import Review
@@ -208,3 +207,23 @@ class BatchScheduler:
             ack()
         self.metrics.pending_reviews.dec(len(acks))
         self.on_finished(batch)
+
+
+def cut_by_tokens(lengths: Sequence[int], budget: int) -> list[range]:
+    """Consecutive runs of ``lengths`` (arrival order) whose sums stay within ``budget``.
+
+    A run closes before the text that would take it over; a text over the budget on its own
+    still gets a run. Zero lengths (messages with nothing to tokenise) cost nothing.
+    """
+    if budget < 1:
+        raise ValueError("budget must be positive")
+    runs: list[range] = []
+    start, total = 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and total + n > budget:
+            runs.append(range(start, i))
+            start, total = i, 0
+        total += n
+    if start < len(lengths):
+        runs.append(range(start, len(lengths)))
+    return runs

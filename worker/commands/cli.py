@@ -226,7 +226,8 @@ def broker(host: str, **options: Any) -> None:
     """
     import signal
 
-    from worker.kafka.broker import BrokerError, DevBroker, PortInUseError, create_topics, parse_topic_config
+    from worker.commands.dev_broker import DevBroker, PortInUseError
+    from worker.kafka.admin import BrokerError, create_topics, parse_topic_config
     from worker.processes import StopRequested, stop_on_signals
 
     settings = load_settings(**options)
@@ -281,7 +282,7 @@ def produce(file: typing.BinaryIO, fmt: str, **options: Any) -> None:
     Blank lines are skipped. The whole input is read before anything is sent: a line that is not
     UTF-8 stops it with the file and line, and nothing is sent; so does an input with no message.
     """
-    from models.training.data import utf8_lines
+    from models.text_lines import utf8_lines
     from worker.kafka.clients import line_to_message, produce_values
     from worker.kafka.security import aiokafka_security
 

@@ -13,12 +13,14 @@ from pathlib import Path
 import click
 import orjson
 
-from models.demo.snownlp import LabelledText
 from models.demo.splits import demo_path, demo_splits
+from models.training.data import LabelledText
 from schemas.errors import SentimentError
 from schemas.messages import now_ms
-from worker.kafka.broker import DevBroker, create_topics, free_port
+from worker.commands.dev_broker import DevBroker
+from worker.kafka.admin import create_topics
 from worker.kafka.clients import consume, produce_values
+from worker.ports import free_port
 from worker.settings import Settings
 
 MALFORMED: list[bytes] = [

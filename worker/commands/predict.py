@@ -29,7 +29,7 @@ import click
 import orjson
 from tqdm import tqdm
 
-from models.training.data import BadRow, Skipped, plural, utf8_lines
+from models.text_lines import BadRow, Skipped, plural, utf8_lines
 from schemas.errors import ConfigError
 from worker.settings import Settings
 

