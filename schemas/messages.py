@@ -1,4 +1,4 @@
-"""Input, output and dead-letter messages (DESIGN.md "Contracts"), encoded with orjson.
+"""Input, output and dead-letter messages (``docs/architecture.md``, "Messages"), encoded with orjson.
 
 Decoding is strict on purpose: a review whose ``id`` is a number or whose ``text`` is missing is
 a producer bug, and it is better surfaced in the dead-letter topic than guessed at. Unknown extra

@@ -1,10 +1,11 @@
 """Consuming, in batches: aiokafka's ``getmany`` into the scheduler, offsets committed after acks.
 
 Why not faust's stream: faust builds an ``Event`` per message and passes each through its
-conductor and stream machinery; on the reference 2-core machine that path tops out at 11.8k
-messages/s consuming alone (DESIGN.md), where aiokafka's own ``getmany`` → produce → commit
-loop does 87k. So the worker stays a faust app (its process lifecycle, signals, web server,
-timers) while Kafka is read and written here, with aiokafka directly, in whole batches.
+conductor and stream machinery, several times the per-message cost of aiokafka's own batches
+(``bench/stream.py`` measures a plain faust agent beside this worker:
+``bench/results/stream-cpu.json``; ``docs/architecture.md`` says more). So the worker stays a
+faust app (its process lifecycle, signals, web server, timers) while Kafka is read and written
+here, with aiokafka directly, in whole batches.
 
 What happens to a record:
 
