@@ -18,7 +18,6 @@ METRICS_CONTENT_TYPE = "; ".join(p for p in CONTENT_TYPE_LATEST.split("; ") if n
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 REVIEW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 TOKEN_BUCKETS = (64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
-FRACTION_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 CLOSED_BY = ("count", "tokens", "wait")
 
 
@@ -37,7 +36,6 @@ class Metrics:
     in_flight_batches: Gauge
     consumer_lag: Gauge
     batches: Counter
-    padding_fraction: Histogram
     pending_reviews: Gauge
     truncated: Counter
     tokenise_seconds: Histogram
@@ -115,13 +113,6 @@ class Metrics:
                 "Micro-batches formed, by the limit that closed them: count (--batch-size), tokens "
                 "(--max-batch-tokens) or wait (--batch-wait-s).",
                 ["closed_by"],
-                registry=registry,
-            ),
-            padding_fraction=Histogram(
-                name("batch_padding_fraction"),
-                "Share of a micro-batch's padded token slots (longest x count per model batch, the "
-                "unit of the token budget) that are padding.",
-                buckets=FRACTION_BUCKETS,
                 registry=registry,
             ),
             pending_reviews=Gauge(

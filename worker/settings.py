@@ -108,9 +108,9 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(
         default=16384,
         ge=1,
-        description="Token budget: a micro-batch taken from Kafka closes before the review that "
-        "would take its tokens over it, and one model call is cut to it counted padded "
-        "(longest × count). Larger amortises launches; too large costs memory and latency.",
+        description="Token budget: the most real tokens (no padding is computed or counted) in one "
+        "micro-batch, and so in one forward pass: a micro-batch taken from Kafka closes before the "
+        "review that would take it over. Larger amortises launches; too large costs memory and latency.",
     )
 
     # --- batching and limits -------------------------------------------------------------------

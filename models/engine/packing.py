@@ -73,36 +73,26 @@ def last_non_pad(seq: Sequence[int], pad_id: int) -> int:
 
 
 def plan_batches(lengths: Sequence[int], *, max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
-    """Indices of ``lengths`` grouped into batches, shortest texts first.
+    """Indices of ``lengths`` grouped into forward passes, shortest texts first.
 
-    A text longer than the whole budget still gets a batch of its own rather than being dropped.
+    A pass holds at most ``max_batch_size`` texts whose lengths sum to at most ``max_batch_tokens``:
+    packed, a pass computes exactly its real tokens, so that sum is its cost (the same count the
+    worker's micro-batches are cut by, so a micro-batch is one pass). Sorting keeps texts of equal
+    length together, where the packed attention batches them. A text longer than the whole budget
+    still gets a pass of its own rather than being dropped.
     """
     if max_batch_tokens < 1 or max_batch_size < 1:
         raise ValueError("max_batch_tokens and max_batch_size must be positive")
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     batches: list[list[int]] = []
     current: list[int] = []
+    tokens = 0
     for i in order:
-        # sorted ascending, so the newcomer is the longest of the batch
-        if current and (len(current) == max_batch_size or (len(current) + 1) * lengths[i] > max_batch_tokens):
+        if current and (len(current) == max_batch_size or tokens + lengths[i] > max_batch_tokens):
             batches.append(current)
-            current = []
+            current, tokens = [], 0
         current.append(i)
+        tokens += lengths[i]
     if current:
         batches.append(current)
     return batches
-
-
-def padding_fraction(lengths: Sequence[int], *, max_batch_tokens: int, max_batch_size: int) -> float:
-    """Share of the padded token slots (``longest × count`` per planned batch) that are padding.
-
-    The budget is counted padded, so this is the share of it spent on nothing: how well length
-    sorting packs the texts given. The packed forward pass computes real tokens only.
-    """
-    if not lengths:
-        return 0.0
-    padded = sum(
-        len(batch) * max(lengths[i] for i in batch)
-        for batch in plan_batches(lengths, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size)
-    )
-    return 1.0 - sum(lengths) / padded

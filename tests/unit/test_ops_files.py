@@ -113,7 +113,7 @@ def test_every_dashboard_panel_has_a_datasource_and_queries_exported_metrics() -
             names = metric_names(target["expr"])
             assert names and names <= exported, (panel["title"], names - exported)
     wanted = ("messages_in", "messages_out", "dead_letters", "end_to_end_latency", "consumer_lag",
-              "batch_size_reviews", "batch_padding_fraction", "model_batch_seconds", "results_total",
+              "batch_size_reviews", "model_batch_seconds", "results_total",
               "device_memory_bytes", "sentiment_ready")  # fmt: skip
     queried = " ".join(expr for _, expr in dashboard_exprs())
     assert all(w in queried for w in wanted), [w for w in wanted if w not in queried]

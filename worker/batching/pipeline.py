@@ -51,7 +51,6 @@ from aiokafka.errors import (
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from models.engine.classifier import Classifier, Prediction, Tokenised
-from models.engine.packing import padding_fraction
 from schemas.errors import InvalidMessage, ModelError, ResultTooLargeError, SchemaError, SentimentError
 from schemas.messages import (
     Headers,
@@ -283,13 +282,6 @@ class BatchProcessor:
         lengths = [len(ids) for ids in tok.ids]
         self.metrics.batch_reviews.observe(len(lengths))
         self.metrics.batch_tokens.observe(sum(lengths))
-        self.metrics.padding_fraction.observe(
-            padding_fraction(
-                lengths,
-                max_batch_tokens=self.classifier.max_batch_tokens,
-                max_batch_size=self.classifier.max_batch_size,
-            )
-        )
         return preds
 
     async def _classify_one(
