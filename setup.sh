@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Set up the project in ./.venv: PyTorch (CPU build, pinned), the project, and with --dev the
-# test and lint tools. Safe to run again; it only installs what is missing or changed.
+# Set up the project in ./.venv: PyTorch (CPU build, pinned), then the project, editable.
+#   ./setup.sh         the runtime plus the [train] and [demo] extras (`pip install -e '.[train,demo]'`):
+#                      what the README's commands need (`sentiment demo`, `sentiment broker` with
+#                      `sentiment worker`, whose default demo model is trained on first use; the trainers)
+#   ./setup.sh --dev   `pip install -e '.[dev]'`: all of that, the test and lint tools, and Debian's
+#                      prometheus (the ops tests)
+# The worker alone needs neither extra: `pip install .` (the Docker images) installs the runtime only.
+# Safe to run again; it only installs what is missing or changed.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-extras=""
-[[ "${1:-}" == "--dev" ]] && extras="[dev]"
+extras="[train,demo]"
+dev=""
+[[ "${1:-}" == "--dev" ]] && extras="[dev]" && dev=1
 
 if [[ ! -x .venv/bin/python ]]; then
   echo "• creating .venv" >&2
@@ -17,7 +24,7 @@ echo "• installing torch==2.13.0" >&2
 .venv/bin/python -m pip install -q torch==2.13.0
 echo "• installing the project${extras}" >&2
 .venv/bin/python -m pip install -q -e ".${extras}"
-if [[ -n "$extras" ]] && ! command -v promtool >/dev/null; then
+if [[ -n "$dev" ]] && ! command -v promtool >/dev/null; then
   # The ops tests run a real Prometheus server and promtool against ops/prometheus.
   echo "• installing Debian's prometheus (for the ops tests)" >&2
   sudo_=""; [[ $(id -u) -ne 0 ]] && sudo_="sudo"

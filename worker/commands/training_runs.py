@@ -53,9 +53,9 @@ def prepared(
 
 
 def demo_out(home: Path) -> Path:
-    from models.demo.default import DEFAULT_NAME
+    from models.demo.default import default_path
 
-    return home / "checkpoints" / DEFAULT_NAME
+    return default_path(home)
 
 
 def run_demo_preset(home: Path, out: Path | None, epochs: int | None, limit: int | None) -> Path:
