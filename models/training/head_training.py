@@ -32,6 +32,7 @@ from models.engine.heads import HeadType, build_head, save_embedding_head_checkp
 from models.engine.loading import LM_HEAD, base_reference, load_model, load_tokenizer, qwen3_config
 from models.manifest import Manifest, atomic_directory
 from models.training.data import LabelledText, Prepared
+from models.training.embedding_analysis import analyse
 from models.training.evaluation import evaluate
 from models.training.plots import projection_png
 from models.training.reporting import report_checkpoint
@@ -226,6 +227,12 @@ def train_head(
     x_train, y_train = xy(data.splits.train, "train")
     x_dev, y_dev = xy(data.splits.dev, "dev")
     embed_seconds = time.perf_counter() - embed_start
+    echo(f"embedding analysis: k-means ({k} clusters) and a t-SNE map of the train embeddings…")
+    analysis = analyse(x_train, y_train, k, seed=seed)
+    echo(
+        f"k-means with {k} clusters on {analysis.kmeans_points:,} train embeddings: adjusted Rand index "
+        f"{analysis.ari:.3f} against the labels (1: the clusters are the labels; 0: chance)"
+    )
     y = torch.as_tensor(y_train)
     weights = class_weights(y, k)
     search: list[dict[str, float]] = []
@@ -251,6 +258,7 @@ def train_head(
             "head": head_type,
             "seed": seed,
             "l2_search": search,
+            "embedding_analysis": analysis.record(),
             "class_weights": weights.tolist(),
             "data": data.sources,
             "notes": data.notes,
@@ -265,6 +273,9 @@ def train_head(
         if data.splits.test:
             parts["test"] = (data.splits.test, data.sources["test"])
         report_checkpoint(tmp, parts, training=training, device=str(dev), echo=echo)
-        projection_png(x_train, y_train, labels, tmp / "embeddings-train.png")
+        projection_png(
+            x_train, y_train, labels, tmp / "embeddings-train.png", tsne=(analysis.tsne, analysis.tsne_index),
+            title=f"train embeddings; k-means ({k} clusters) ARI against the labels: {analysis.ari:.3f}",
+        )  # fmt: skip
     echo(f"\nwrote {out} in {time.perf_counter() - started:.0f} s")
     return out

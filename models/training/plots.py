@@ -88,9 +88,16 @@ def learning_curves_png(history: Sequence[dict[str, Any]], path: Path) -> Path:
 
 
 def projection_png(
-    features: torch.Tensor, labels: Sequence[int], names: Sequence[str], path: Path, max_points: int = 5000
+    features: torch.Tensor,
+    labels: Sequence[int],
+    names: Sequence[str],
+    path: Path,
+    max_points: int = 5000,
+    tsne: tuple[torch.Tensor, Sequence[int]] | None = None,
+    title: str = "",
 ) -> Path:
-    """The embeddings' first two principal components, one colour per label."""
+    """The embeddings' first two principal components, one colour per label; with ``tsne``
+    (the map and the rows it shows), the t-SNE map beside it, coloured the same way."""
     x = features[:max_points].double()
     y = torch.as_tensor(list(labels)[:max_points])
     x = x - x.mean(0)
@@ -98,7 +105,9 @@ def projection_png(
     xy = (x @ v[:2].T).numpy()
     explained = (s[:2] ** 2 / (s**2).sum()).tolist()
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
+    panels = 2 if tsne is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.5), dpi=120, squeeze=False)
+    ax = axes[0][0]
     for i, name in enumerate(names):
         pick = (y == i).numpy()
         ax.scatter(xy[pick, 0], xy[pick, 1], s=4, alpha=0.5, label=f"{name} ({int(pick.sum())})")
@@ -106,6 +115,20 @@ def projection_png(
     ax.set_ylabel(f"PC2 ({explained[1]:.0%} of variance)" if len(explained) > 1 else "PC2")
     ax.set_title("embeddings, first two principal components", fontsize=10)
     ax.legend(markerscale=3)
+    if tsne is not None:
+        coords, rows = tsne
+        shown = torch.as_tensor([list(labels)[i] for i in rows])
+        ax = axes[0][1]
+        for i, name in enumerate(names):
+            pick = (shown == i).numpy()
+            ax.scatter(coords[pick, 0].numpy(), coords[pick, 1].numpy(), s=4, alpha=0.5,
+                       label=f"{name} ({int(pick.sum())})")  # fmt: skip
+        ax.set_title(f"t-SNE map of {len(rows):,} embeddings", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(markerscale=3)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

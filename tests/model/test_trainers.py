@@ -176,6 +176,10 @@ def test_head_trains_on_cached_embeddings(base: Path, data_files: dict[str, Path
     manifest = load_manifest(out)
     assert manifest.kind == "embedding-head" and manifest.dimensions == 48
     assert manifest.model_dump()["training"]["l2_search"]
+    analysis = manifest.model_dump()["training"]["embedding_analysis"]
+    n_train = len(data.splits.train)
+    assert analysis["kmeans_k"] == len(LABELS) and -1 <= analysis["kmeans_ari"] <= 1
+    assert analysis["kmeans_points"] == n_train and analysis["tsne_points"] == min(n_train, 2000)
     assert (out / "embeddings-train.png").is_file() and (out / "confusion-test.png").is_file()
     # the cached vectors are the engine's own features for those texts
     engine = load_classifier(out, device="cpu", dtype="float32")

