@@ -42,6 +42,14 @@ class Manifest(BaseModel):
     dimensions: int | None = Field(default=None, gt=0, description="MRL truncation, or null for all.")
     name: str | None = Field(default=None, description="Model name reported in results; dir name if null.")
     version: str = Field(default="0", description="Model version reported in results and metrics.")
+    embedding_url: str | None = Field(
+        default=None,
+        description="embedding-head only: an OpenAI-compatible embeddings endpoint (http://host:8000/v1, or "
+        "the full …/embeddings URL) that embeds instead of a locally loaded base_model.",
+    )
+    embedding_model: str | None = Field(
+        default=None, description="The model name sent to embedding_url; base_model if null."
+    )
 
     @field_validator("labels")
     @classmethod

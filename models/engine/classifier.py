@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,9 @@ from models.engine.loading import (
 from models.engine.packing import Packed, last_non_pad, last_token, pack, plan_batches
 from models.manifest import Manifest, load_manifest
 from schemas.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from models.engine.remote import RemoteEmbeddingEngine
 
 log = logging.getLogger(__name__)
 
@@ -401,14 +404,32 @@ def load_classifier(
     max_batch_tokens: int = 16384,
     max_batch_size: int = 256,
     compile: bool = False,
-) -> Qwen3Engine:
-    """Open a checkpoint directory offline (safetensors only, no remote code) by its manifest."""
+    embedding_url: str | None = None,
+    embedding_model: str | None = None,
+) -> Qwen3Engine | RemoteEmbeddingEngine:
+    """Open a checkpoint directory offline (safetensors only, no remote code) by its manifest.
+
+    ``embedding_url`` (or the manifest's): an ``embedding-head`` checkpoint gets its embeddings from
+    that OpenAI-compatible server (:mod:`models.engine.remote`) instead of a local base.
+    """
     manifest = load_manifest(directory)
     if max_batch_tokens < manifest.max_length:
         raise ConfigError(
             f"max_batch_tokens ({max_batch_tokens}) must be at least the checkpoint's max_length "
             f"({manifest.max_length}), or its longest texts could never run"
         )
+    url = embedding_url or manifest.embedding_url
+    if url:
+        if manifest.kind != "embedding-head":
+            raise ConfigError(
+                f"{directory}: an embedding URL serves embedding-head checkpoints, not {manifest.kind}"
+            )
+        from models.engine.remote import RemoteEmbeddingEngine
+
+        return RemoteEmbeddingEngine.load(
+            directory, manifest, url=url, model=embedding_model,
+            max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
+        )  # fmt: skip
     engine = ENGINES[manifest.kind].load(
         directory,
         manifest,

@@ -34,7 +34,7 @@ from schemas.errors import ConfigError
 from worker.settings import Settings
 
 if TYPE_CHECKING:
-    from models.engine.classifier import Qwen3Engine
+    from models.engine.classifier import Classifier
 
 CHUNK = 256
 """Records classified, written and flushed at a time."""
@@ -250,7 +250,7 @@ def stream(
             reason = " (give --text, --file, or lines on stdin)"
         raise ConfigError(f"{name or 'the input'} holds no text to classify{reason}")
 
-    engine: Qwen3Engine | None = None  # loaded for the first text: a file of bad lines needs none
+    engine: Classifier | None = None  # loaded for the first text: a file of bad lines needs none
     labels: tuple[str, ...] = ()
     out = click.get_binary_stream("stdout")
     width = 0
