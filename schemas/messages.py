@@ -3,13 +3,20 @@
 Decoding is strict on purpose: a review whose ``id`` is a number or whose ``text`` is missing is
 a producer bug, and it is better surfaced in the dead-letter topic than guessed at. Unknown extra
 fields are ignored so that producers can add fields without breaking the worker.
+
+The pydantic models define the messages (the JSON schemas are generated from them). The worker's
+hot path does not build them: :func:`review_fields` checks the decoded JSON object with plain
+type checks that accept exactly what :class:`Review` accepts, and hands on the object itself; any
+input they refuse goes through :func:`decode_review` (pydantic) so that its error, and so the
+dead letter, is the same. :func:`result_encoder` writes a :class:`SentimentResult` with one
+``orjson.dumps`` of a plain dict.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -24,7 +31,9 @@ from schemas.errors import (
     TooLargeError,
 )
 
-Headers = list[tuple[str, bytes]]
+Headers = Sequence[tuple[str, bytes]]  # a list, or the tuple aiokafka's ConsumerRecord carries
+HeaderList = list[tuple[str, bytes]]  # what aiokafka's record builder takes
+ReviewFields = dict[str, Any]  # a valid review as decoded: the JSON object itself (review_fields)
 
 
 class Review(BaseModel):
@@ -124,6 +133,38 @@ def decode_review(value: bytes | None, *, max_bytes: int) -> Review:
     return review
 
 
+def review_fields(value: bytes | None, *, max_bytes: int) -> ReviewFields:
+    """The decoded JSON object of a valid review, or raise what :func:`decode_review` raises.
+
+    The hot path's decoding: the same verdict as :class:`Review` (strict: ``id`` a non-empty
+    string, ``text`` a string, ``ts`` a non-negative integer or null, ``lang`` and ``source``
+    strings or null, ``meta`` an object or null; other fields ignored), by plain type checks
+    instead of building the pydantic object. What they refuse is decoded again by
+    :func:`decode_review`, so the error (class, reason, message) is pydantic's."""
+    if value is not None and len(value) <= max_bytes:
+        try:
+            obj = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            obj = None
+        if type(obj) is dict:
+            get = obj.get
+            rid, text, ts = get("id"), get("text"), get("ts")
+            lang, source, meta = get("lang"), get("source"), get("meta")
+            if (
+                type(rid) is str
+                and rid
+                and type(text) is str
+                and (ts is None or (type(ts) is int and ts >= 0))
+                and (lang is None or type(lang) is str)
+                and (source is None or type(source) is str)
+                and (meta is None or type(meta) is dict)
+                and text.strip()
+            ):
+                return obj
+    review = decode_review(value, max_bytes=max_bytes)  # raises the reference error
+    return review.model_dump()  # not reached while the checks above agree with pydantic
+
+
 def _summarise(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False)[:3]:
@@ -133,7 +174,7 @@ def _summarise(exc: ValidationError) -> str:
 
 
 def encode_result(
-    review: Review,
+    review: Review | Mapping[str, Any],
     *,
     labels: Sequence[str],
     probabilities: Sequence[float],
@@ -142,21 +183,68 @@ def encode_result(
     ts_in: int,
     ts_out: int | None = None,
 ) -> bytes:
-    """Serialise one :class:`SentimentResult` without building the pydantic object (hot path)."""
-    label_id = max(range(len(probabilities)), key=probabilities.__getitem__)
-    return orjson.dumps(
-        {
-            "id": review.id,
-            "label": labels[label_id],
-            "label_id": label_id,
-            "scores": {name: float(p) for name, p in zip(labels, probabilities, strict=True)},
-            "model": {"name": model.name, "version": model.version},
-            "truncated": truncated,
-            "ts_in": ts_in,
-            "ts_out": ts_out if ts_out is not None else now_ms(),
-            "meta": review.meta,
-        }
-    )
+    """Serialise one :class:`SentimentResult` without building the pydantic object."""
+    fields = review.model_dump() if isinstance(review, Review) else review
+    encode = result_encoder(labels, model)
+    return encode(fields, probabilities, truncated, ts_in, ts_out if ts_out is not None else now_ms())
+
+
+ResultEncoder = Callable[[Mapping[str, Any], Sequence[float], bool, int, int], bytes]
+
+
+def result_encoder(labels: Sequence[str], model: ModelRef) -> ResultEncoder:
+    """``encode(review, probabilities, truncated, ts_in, ts_out)``: one :class:`SentimentResult`
+    as bytes, for a model with ``labels`` (the hot path: one ``orjson.dumps`` of a plain dict).
+
+    The label is the most probable (the first of equals); ``review`` is the decoded input
+    (:func:`review_fields`), whose ``id`` and ``meta`` the result carries. Two labels (the
+    sentiment models) get an encoder written out for them: the same bytes, in half the time."""
+    names = tuple(labels)
+    ref = {"name": model.name, "version": model.version}
+    dumps = orjson.dumps
+
+    def encode(
+        review: Mapping[str, Any], probabilities: Sequence[float], truncated: bool, ts_in: int, ts_out: int
+    ) -> bytes:
+        label_id = max(range(len(probabilities)), key=probabilities.__getitem__)
+        return dumps(
+            {
+                "id": review["id"],
+                "label": names[label_id],
+                "label_id": label_id,
+                "scores": {name: float(p) for name, p in zip(names, probabilities, strict=True)},
+                "model": ref,
+                "truncated": truncated,
+                "ts_in": ts_in,
+                "ts_out": ts_out,
+                "meta": review.get("meta"),
+            }
+        )
+
+    if len(names) != 2:
+        return encode
+    first, second = names
+
+    def encode_two(
+        review: Mapping[str, Any], probabilities: Sequence[float], truncated: bool, ts_in: int, ts_out: int
+    ) -> bytes:
+        p0, p1 = probabilities  # ValueError for any other count, as zip(strict=True) raises
+        label_id = 1 if p1 > p0 else 0  # the first of equals, as max() picks
+        return dumps(
+            {
+                "id": review["id"],
+                "label": names[label_id],
+                "label_id": label_id,
+                "scores": {first: float(p0), second: float(p1)},
+                "model": ref,
+                "truncated": truncated,
+                "ts_in": ts_in,
+                "ts_out": ts_out,
+                "meta": review.get("meta"),
+            }
+        )
+
+    return encode_two
 
 
 def dead_letter_headers(
@@ -168,7 +256,7 @@ def dead_letter_headers(
     original: Headers | None = None,
     value: bytes | None = None,
     truncated: bool = False,
-) -> Headers:
+) -> HeaderList:
     """The input's own headers followed by the error headers (see :class:`DeadLetterHeaders`).
 
     ``value`` is the whole original value: its size and SHA-256 identify it even when the dead
@@ -199,7 +287,7 @@ def dead_letter(
     value: bytes | None,
     headers: Headers,
     max_value_bytes: int,
-) -> tuple[bytes | None, bytes, Headers]:
+) -> tuple[bytes | None, bytes, HeaderList]:
     """(key, value, headers) of the dead letter for one input.
 
     The value is the original bytes, cut to ``max_value_bytes`` so that a dead letter always

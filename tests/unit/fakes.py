@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from models.engine.classifier import EngineInfo, Prediction, Tokenised
 from schemas.messages import Headers
-from worker.batching.pipeline import BatchProcessor, Limits, MicroBatch, Outgoing, Record, Topics
+from worker.batching.pipeline import BatchProcessor, Limits, Message, MicroBatch, Outgoing, Record, Topics
 from worker.batching.scheduler import BatchScheduler
 from worker.metrics import Metrics
 
@@ -102,8 +102,8 @@ class FakePublisher:
         return futures
 
 
-def record(offset: int, value: bytes | None, key: bytes | None = b"k") -> Record:
-    return Record("reviews", 0, offset, key, value, [("h", b"v")], 1_000)
+def record(offset: int, value: bytes | None, key: bytes | None = b"k") -> Message:
+    return Message("reviews", 0, offset, key, value, [("h", b"v")], 1_000)
 
 
 def make(
@@ -148,8 +148,10 @@ class Run:
         )
 
     async def submit(self, records: Sequence[Record], closed_by: str = "wait") -> None:
-        acks = [lambda off=r.offset: self.acked.append(off) for r in records]
-        await self.scheduler.submit(records, acks, closed_by)
+        await self.scheduler.submit(records, self.ack, closed_by)
+
+    def ack(self, records: Sequence[Record]) -> None:
+        self.acked.extend(r.offset for r in records)
 
     async def all(self, records: Sequence[Record]) -> None:
         await self.submit(records)

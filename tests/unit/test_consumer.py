@@ -9,7 +9,7 @@ import pytest
 from aiokafka import ConsumerRecord
 
 from worker.batching.scheduler import BatchScheduler
-from worker.kafka.consumer import KafkaSource, to_record
+from worker.kafka.consumer import KafkaSource, by_partition
 from worker.settings import load_settings
 
 
@@ -38,15 +38,46 @@ def test_without_a_crash_handler_the_failure_propagates() -> None:
         asyncio.run(source()._guard(failing()))
 
 
-def test_a_consumed_message_becomes_a_record_with_its_position_and_headers() -> None:
-    msg = ConsumerRecord(
-        topic="reviews", partition=3, offset=41, timestamp=1_700_000_000_123, timestamp_type=0,
-        key=b"k", value=b"{}", checksum=None, serialized_key_size=1, serialized_value_size=2,
-        headers=(("trace", b"t1"),),
+def consumed(partition: int, offset: int, value: bytes, headers: tuple = ()) -> ConsumerRecord:  # type: ignore[type-arg]
+    return ConsumerRecord(
+        topic="reviews", partition=partition, offset=offset, timestamp=1_700_000_000_123, timestamp_type=0,
+        key=b"k", value=value, checksum=None, serialized_key_size=1, serialized_value_size=len(value),
+        headers=headers,
     )  # fmt: skip
-    rec = to_record(msg)
-    assert (rec.topic, rec.partition, rec.offset, rec.key, rec.value) == ("reviews", 3, 41, b"k", b"{}")
-    assert rec.headers == [("trace", b"t1")] and rec.timestamp_ms == 1_700_000_000_123
+
+
+def test_a_consumed_message_goes_through_the_pipeline_as_aiokafka_made_it() -> None:
+    """No copy per message: the pipeline reads ConsumerRecord's fields (headers a tuple, the
+    broker timestamp as ``timestamp``) and publishes the result with the input's headers."""
+    import orjson
+    from prometheus_client import CollectorRegistry
+
+    from tests.unit.fakes import FakePublisher, handle, make
+
+    pub = FakePublisher()
+    proc, _ = make(pub, CollectorRegistry())
+    msgs = [
+        consumed(3, 41, orjson.dumps({"id": "a", "text": "好"}), (("trace", b"t1"),)),
+        consumed(3, 42, b"{broken", (("trace", b"t2"),)),
+    ]
+    run = handle(proc, msgs)
+    assert sorted(run.acked) == [41, 42] and not run.fatal
+    [(_, key, value, headers)] = [s for s in pub.sent if s[0] == "out"]
+    assert key == b"k" and tuple(headers) == (("trace", b"t1"),)
+    assert orjson.loads(value)["ts_in"] == 1_700_000_000_123  # no ts: the broker timestamp
+    [(_, _, _, dead)] = [s for s in pub.sent if s[0] == "dlq"]
+    assert dict(dead)["trace"] == b"t2" and dict(dead)["source.partition"] == b"3"
+
+
+def test_offsets_are_grouped_by_partition_in_the_order_taken() -> None:
+    from aiokafka import TopicPartition
+
+    msgs = [consumed(p, o, b"{}") for p, o in ((0, 5), (0, 6), (1, 2), (1, 3), (0, 7))]
+    assert list(by_partition(msgs)) == [
+        (TopicPartition("reviews", 0), [5, 6]),
+        (TopicPartition("reviews", 1), [2, 3]),
+        (TopicPartition("reviews", 0), [7]),
+    ]
 
 
 class FakeConsumer:
@@ -74,13 +105,13 @@ class GatedScheduler:
         self.gate = asyncio.Event()
         self.acks: list[Any] = []
 
-    async def submit(self, records: Any, acks: Any, closed_by: str) -> None:
+    async def submit(self, records: Any, ack: Any, closed_by: str) -> None:
         await self.gate.wait()
-        self.acks += acks
+        self.acks.append((ack, records))
 
     async def drain(self) -> None:
-        for ack in self.acks:
-            ack()
+        for ack, records in self.acks:
+            ack(records)
         self.acks = []
 
 

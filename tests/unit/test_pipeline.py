@@ -237,3 +237,49 @@ def test_a_record_the_broker_refuses_for_good_is_tried_alone_then_ends_the_proce
     [(_, exc)] = run.fatal
     assert isinstance(exc, PublishError) and "retrying cannot cure it" in str(exc)
     assert run.acked == [] and pub.calls == 2 and proc.slept == []  # the batch, then the record alone
+
+
+def test_when_one_partition_of_the_results_fails_only_its_messages_are_sent_again() -> None:
+    """The results go out in one call, one future per partition; when one partition's record
+    batch is not acknowledged, its results alone are retried, and every result is counted once."""
+
+    class TwoPartitions(FakePublisher):
+        """Keys ending in an odd digit go to partition 1, whose first batch times out."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.failed_once = False
+
+        async def send_many(self, topic, messages):  # type: ignore[no-untyped-def]
+            self.calls += 1
+            loop = asyncio.get_running_loop()
+            futures, by_part = [], {0: loop.create_future(), 1: loop.create_future()}
+            for key, value, headers in messages:
+                part = int(key[-1:]) % 2 if topic == "out" else 0
+                if part == 1 and not self.failed_once:
+                    continue
+                self.sent.append((topic, key, value, headers))
+            for part, fut in by_part.items():
+                if part == 1 and topic == "out" and not self.failed_once:
+                    fut.set_exception(KafkaTimeoutError())
+                else:
+                    fut.set_result(None)
+            for key, _, _ in messages:
+                futures.append(by_part[int(key[-1:]) % 2 if topic == "out" else 0])
+            if topic == "out" and any(int(k[-1:]) % 2 for k, _, _ in messages):
+                self.failed_once = True
+            return futures
+
+    pub, registry = TwoPartitions(), CollectorRegistry()
+    proc, _ = make(pub, registry)
+    batch = [record(i, review(i), key=f"k{i}".encode()) for i in range(6)] + [record(6, b"{broken")]
+    run = handle(proc, batch)
+    assert sorted(run.acked) == list(range(7)) and not run.fatal
+    outs = [orjson.loads(v)["id"] for t, _, v, _ in pub.sent if t == "out"]
+    assert sorted(outs) == [f"r{i}" for i in range(6)], "each result acknowledged exactly once"
+    assert outs[:3] == ["r0", "r2", "r4"] and sorted(outs[3:]) == ["r1", "r3", "r5"]
+    assert proc.slept == [0.25] and proc.health.ok
+    assert registry.get_sample_value("sentiment_messages_out_total") == 6
+    assert registry.get_sample_value("sentiment_results_total", {"label": "positive"}) == 6
+    assert registry.get_sample_value("sentiment_end_to_end_latency_seconds_count") == 6
+    assert registry.get_sample_value("sentiment_dead_letters_total", {"reason": "decode"}) == 1

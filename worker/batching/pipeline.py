@@ -31,9 +31,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from aiokafka.errors import (
@@ -53,18 +55,19 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from models.engine.classifier import Classifier, Prediction, Tokenised
 from schemas.errors import InvalidMessage, ModelError, ResultTooLargeError, SchemaError, SentimentError
 from schemas.messages import (
+    HeaderList,
     Headers,
     ModelRef,
-    Review,
+    ReviewFields,
     check_headers,
     dead_letter,
-    decode_review,
-    encode_result,
     now_ms,
+    result_encoder,
+    review_fields,
 )
 from worker.health import Backoff, Health
 from worker.logs import where
-from worker.metrics import Metrics
+from worker.metrics import Metrics, observe_many
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,9 +112,31 @@ class ModelBroken(SentimentError):
     so the texts are not to blame and must not become dead letters."""
 
 
-@dataclass(slots=True)  # not frozen: its __init__ runs per message, and frozen costs twice as much
-class Record:
-    """One consumed message, as the pipeline needs it (treated as read-only)."""
+class Record(Protocol):
+    """One consumed message, as the pipeline reads it: aiokafka's ``ConsumerRecord`` as it comes
+    (no copy per message), or a :class:`Message`."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Headers: ...
+    @property
+    def timestamp(self) -> int:
+        """The broker's (or producer's) timestamp, epoch milliseconds."""
+        ...
+
+
+@dataclass(slots=True)
+class Message:
+    """A :class:`Record` made by hand (tests, tools); treated as read-only by the pipeline."""
 
     topic: str
     partition: int
@@ -119,10 +144,10 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: Headers
-    timestamp_ms: int
+    timestamp: int
 
 
-Outgoing = tuple[bytes | None, bytes, Headers]  # key, value, headers
+Outgoing = tuple[bytes | None, bytes, HeaderList]  # key, value, headers
 
 
 class Publisher(Protocol):
@@ -169,13 +194,14 @@ class Topics:
 class MicroBatch:
     """Records cut for one model call, with what was decoded and tokenised for them.
 
-    ``decoded[i]`` is the review of ``records[i]`` or why it is dead-lettered; ``tokens`` holds
+    ``decoded[i]`` is the review of ``records[i]`` (the JSON object, checked:
+    :func:`schemas.messages.review_fields`) or why it is dead-lettered; ``tokens`` holds
     the token ids of the valid reviews, in record order. ``closed_by`` is the limit that closed
     the batch: ``count``, ``tokens`` or ``wait``.
     """
 
     records: Sequence[Record]
-    decoded: Sequence[Review | InvalidMessage]
+    decoded: Sequence[ReviewFields | InvalidMessage]
     tokens: Tokenised
     closed_by: str
 
@@ -207,55 +233,114 @@ class BatchProcessor:
         info = classifier.info
         self.model_ref = ModelRef(name=info.name, version=info.version)
         self.labels = info.labels
+        self.encode = result_encoder(info.labels, self.model_ref)
+        self.by_label = [metrics.results_by_label.labels(label=label) for label in info.labels]
 
-    def decode(self, records: Sequence[Record]) -> list[Review | InvalidMessage]:
+    def decode(self, records: Sequence[Record]) -> list[ReviewFields | InvalidMessage]:
         """Each record's review, or the reason it will be dead-lettered (size is checked first)."""
-        out: list[Review | InvalidMessage] = []
+        out: list[ReviewFields | InvalidMessage] = []
+        append = out.append
         lim = self.limits
+        max_bytes = lim.max_message_bytes
         for rec in records:
             try:
                 if rec.headers:
                     check_headers(rec.headers, max_count=lim.max_headers, max_bytes=lim.max_header_bytes)
-                out.append(decode_review(rec.value, max_bytes=lim.max_message_bytes))
+                append(review_fields(rec.value, max_bytes=max_bytes))
             except InvalidMessage as exc:
-                out.append(exc)
+                append(exc)
         return out
 
     async def process(self, batch: MicroBatch) -> None:
-        """Handle a batch completely; see the module docstring for the guarantee."""
-        valid = [
-            (rec, r) for rec, r in zip(batch.records, batch.decoded, strict=True) if isinstance(r, Review)
-        ]
-        dead = [
-            (rec, r)
-            for rec, r in zip(batch.records, batch.decoded, strict=True)
-            if isinstance(r, InvalidMessage)
-        ]
-        predictions = await self._classify(batch.tokens)
-        out: list[Delivery] = []
-        ts_out = self.clock_ms()
-        for (rec, review), pred in zip(valid, predictions, strict=True):
+        """Handle a batch completely; see the module docstring for the guarantee.
+
+        The results go out in one call and, once all are acknowledged (the usual case), are
+        accounted per batch; only those that fail become :class:`Delivery` items for the retrying
+        path (:meth:`_deliver`), with the dead letters."""
+        predictions = iter(await self._classify(batch.tokens))
+        encode, ts_out = self.encode, self.clock_ms()
+        messages: list[Outgoing] = []
+        sources: list[Record] = []
+        ts_ins: list[int] = []
+        label_ids: list[int] = []
+        truncated: list[bool] = []
+        dead: list[tuple[Record, InvalidMessage]] = []
+        for rec, review in zip(batch.records, batch.decoded, strict=True):
+            if isinstance(review, InvalidMessage):
+                dead.append((rec, review))
+                continue
+            pred = next(predictions, None)
+            if pred is None:
+                raise ValueError("fewer predictions than valid reviews")
             if isinstance(pred, InvalidMessage):
                 dead.append((rec, pred))
                 continue
-            ts_in = review.ts if review.ts is not None else rec.timestamp_ms
+            ts = review.get("ts")
+            ts_in = ts if ts is not None else rec.timestamp
             try:
-                value = encode_result(
-                    review,
-                    labels=self.labels,
-                    probabilities=pred.probabilities,
-                    truncated=pred.truncated,
-                    model=self.model_ref,
-                    ts_in=ts_in,
-                    ts_out=ts_out,
-                )
+                value = encode(review, pred.probabilities, pred.truncated, ts_in, ts_out)
             except (TypeError, ValueError) as exc:  # e.g. meta nested deeper than orjson writes (255)
                 dead.append((rec, SchemaError(f"the result cannot be encoded: {exc}")))
                 continue
-            on_ack = self._on_result(ts_in, self.labels[pred.label_id], pred.truncated)
-            out.append(Delivery(self.topics.output, (rec.key, value, rec.headers), on_ack, rec))
-        out += [self._dead_letter(rec, error) for rec, error in dead]
-        await self._deliver(out)
+            messages.append((rec.key, value, list(rec.headers)))  # aiokafka's builder takes a list
+            sources.append(rec)
+            ts_ins.append(ts_in)
+            label_ids.append(pred.label_id)
+            truncated.append(pred.truncated)
+        if next(predictions, None) is not None:
+            raise ValueError("more predictions than valid reviews")
+        letters = [self._dead_letter(rec, error) for rec, error in dead]
+        if letters:
+            results, first = await asyncio.gather(self._send_results(messages), self._send(letters))
+        else:
+            results, first = await self._send_results(messages), []
+        if results is None:  # every result acknowledged
+            self._account(ts_ins, label_ids, truncated)
+            await self._deliver(letters, first)
+            return
+        acked = [i for i, outcome in enumerate(results) if outcome is None]
+        self._account(
+            [ts_ins[i] for i in acked], [label_ids[i] for i in acked], [truncated[i] for i in acked]
+        )
+        failed = [i for i, outcome in enumerate(results) if outcome is not None]
+        again = [
+            Delivery(self.topics.output, messages[i], self._on_result(ts_ins[i], label_ids[i], truncated[i]),
+                     sources[i])
+            for i in failed
+        ]  # fmt: skip
+        await self._deliver(again + letters, [results[i] for i in failed] + first)
+
+    async def _send_results(self, messages: list[Outgoing]) -> list[BaseException | None] | None:
+        """Send a batch's results in one call; None when every one is acknowledged, else per
+        message None (acknowledged) or why not."""
+        if not messages:
+            return None
+        try:
+            futures = await self.publisher.send_many(self.topics.output, messages)
+        except Exception as exc:  # e.g. no metadata for the topic: nothing of it was queued
+            return [exc] * len(messages)
+        unique = list(dict.fromkeys(futures))  # one future per record batch (partition), not per message
+        done = await asyncio.gather(*unique, return_exceptions=True)
+        if not any(isinstance(d, BaseException) for d in done):
+            return None
+        outcome = {
+            f: (d if isinstance(d, BaseException) else None) for f, d in zip(unique, done, strict=True)
+        }
+        return [outcome[f] for f in futures]
+
+    def _account(self, ts_ins: Sequence[int], label_ids: Sequence[int], truncated: Sequence[bool]) -> None:
+        """The metrics of acknowledged results, once per batch."""
+        if not ts_ins:
+            return
+        m = self.metrics
+        m.messages_out.inc(len(ts_ins))
+        for label_id, n in Counter(label_ids).items():
+            self.by_label[label_id].inc(n)
+        n_truncated = sum(truncated)
+        if n_truncated:
+            m.truncated.inc(n_truncated)
+        now = self.clock_ms()
+        observe_many(m.end_to_end_latency, [max(0, now - t) / 1000 for t in ts_ins])
 
     async def _classify(self, tok: Tokenised) -> list[Prediction | InvalidMessage]:
         """Run the model in its thread; a failing batch is retried text by text to isolate it."""
@@ -279,9 +364,8 @@ class BatchProcessor:
                 await self._check_model(loop, exc)
         if began:
             self.metrics.model_batch_latency.observe(time.perf_counter() - began[0])
-        lengths = [len(ids) for ids in tok.ids]
-        self.metrics.batch_reviews.observe(len(lengths))
-        self.metrics.batch_tokens.observe(sum(lengths))
+        self.metrics.batch_reviews.observe(len(tok.ids))
+        self.metrics.batch_tokens.observe(sum(map(len, tok.ids)))
         return preds
 
     async def _classify_one(
@@ -341,25 +425,23 @@ class BatchProcessor:
             message = build(max(0, len(message[1]) - (record_size(message) - limit)))
         return Delivery(self.topics.dlq, message, self._on_dead(exc), rec, dead=exc, alone=bare, bare=bare)
 
-    def _on_result(self, ts_in: int, label: str, truncated: bool) -> Callable[[], None]:
-        def done() -> None:
-            self.metrics.messages_out.inc()
-            self.metrics.results_by_label.labels(label=label).inc()
-            if truncated:
-                self.metrics.truncated.inc()
-            self.metrics.end_to_end_latency.observe(max(0, self.clock_ms() - ts_in) / 1000)
-
-        return done
+    def _on_result(self, ts_in: int, label_id: int, truncated: bool) -> Callable[[], None]:
+        """The accounting of one result acknowledged on the retrying path."""
+        return partial(self._account, [ts_in], [label_id], [truncated])
 
     def _on_dead(self, exc: InvalidMessage) -> Callable[[], None]:
         return lambda: self.metrics.dead_letters.labels(reason=exc.reason).inc()
 
-    async def _deliver(self, pending: list[Delivery]) -> None:
-        """Send until every message is acknowledged; see the module docstring for what is retried."""
+    async def _deliver(
+        self, pending: list[Delivery], outcomes: Sequence[BaseException | None] | None = None
+    ) -> None:
+        """Send until every message is acknowledged; see the module docstring for what is retried.
+        ``outcomes``: those of a first attempt already made (one per ``pending`` item)."""
         backoff, retrying = Backoff(self.limits.retry_backoff_max_s), False
         try:
             while pending:
-                outcomes = await self._send(pending)
+                if outcomes is None:
+                    outcomes = await self._send(pending)
                 again: list[Delivery] = []
                 error: BaseException | None = None
                 for item, outcome in zip(pending, outcomes, strict=True):
@@ -382,7 +464,7 @@ class BatchProcessor:
                             f"{item.topic} refuses a record of {item.record.topic}[{item.record.partition}]"
                             f"@{item.record.offset} and retrying cannot cure it: {outcome!r}"
                         ) from outcome
-                pending = again
+                pending, outcomes = again, None
                 if error is not None:
                     if not retrying:
                         retrying = True

@@ -1,18 +1,19 @@
 """Admission and overlap: records taken from Kafka become micro-batches that run several at once.
 
-The consuming side hands over what it took (closed by the count cap or the wait) with one
-``ack`` per record. Here the records are decoded, tokenised once on a tokeniser thread, cut
-where the token budget says, and each piece waits for one of ``max_in_flight`` slots before it
-starts. :meth:`BatchScheduler.submit` returns once every piece holds a slot, so a slow model
-stops the consumer instead of growing a queue (backpressure): at most ``max_in_flight`` batches
-are in flight plus the one being admitted.
+The consuming side hands over what it took (closed by the count cap or the wait) with an
+``ack``, called once per finished micro-batch with its records. Here the records are decoded,
+tokenised once on a tokeniser thread, cut where the token budget says, and each piece waits for
+one of ``max_in_flight`` slots before it starts. :meth:`BatchScheduler.submit` returns once
+every piece holds a slot, so a slow model stops the consumer instead of growing a queue
+(backpressure): at most ``max_in_flight`` batches are in flight plus the one being admitted.
 
 A record is acknowledged (its offset becomes committable) only after its result or dead letter
-is acknowledged by the broker. Batches finish out of order; the consumer commits only up to the
-first offset not yet acknowledged, so a crash repeats work and never skips it. While a batch
-retries its publishing, no new batch starts (``Health.wait_publishing``). A batch that cannot
-be completed by retrying (``PublishError``, ``ModelBroken``) ends the process without
-acknowledging anything (``on_fatal``); one abandoned at a stop is simply not acknowledged.
+is acknowledged by the broker; a micro-batch's records together, once all of them are. Batches
+finish out of order; the consumer commits only up to the first offset not yet acknowledged, so
+a crash repeats work and never skips it. While a batch retries its publishing, no new batch
+starts (``Health.wait_publishing``). A batch that cannot be completed by retrying
+(``PublishError``, ``ModelBroken``) ends the process without acknowledging anything
+(``on_fatal``); one abandoned at a stop is simply not acknowledged.
 
 Kept free of faust, like the pipeline, so it is unit-tested with fakes.
 """
@@ -25,13 +26,14 @@ import itertools
 import logging
 import os
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from typing import Any, NoReturn
 
 from models.engine.classifier import Classifier, Tokenised
 from schemas.errors import InvalidMessage, ModelError
-from schemas.messages import Review
+from schemas.messages import ReviewFields
 from worker.batching.pipeline import BatchProcessor, MicroBatch, ModelBroken, Record
 from worker.metrics import Metrics
 
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 EXIT_PUBLISH_FAILED = 70  # EX_SOFTWARE: a result or dead letter that retrying cannot deliver
 EXIT_MODEL_BROKEN = 71  # the model fails on everything, its health probe too (a broken device)
 
-Ack = Callable[[], Any]
+Ack = Callable[[Sequence[Record]], Any]  # called with a finished micro-batch's records
 
 
 def exit_without_commit(batch: MicroBatch, exc: BaseException) -> NoReturn:
@@ -100,17 +102,16 @@ class BatchScheduler:
         self.tasks: set[asyncio.Task[None]] = set()
         self.closed = False  # set by abandon(): nothing starts any more
 
-    async def submit(self, records: Sequence[Record], acks: Sequence[Ack], closed_by: str) -> None:
-        """Admit ``records``; returns when all of them are in flight (backpressure).
+    async def submit(self, records: Sequence[Record], ack: Ack, closed_by: str) -> None:
+        """Admit ``records``; returns when all of them are in flight (backpressure). ``ack`` is
+        called with each micro-batch's records once its results and dead letters are acknowledged.
 
         Once called, the records are seen through even if the caller is cancelled meanwhile
         (shutdown, rebalance): dropping them here would leave offsets that are never acknowledged.
         """
-        if len(records) != len(acks):
-            raise ValueError("one ack per record")
         if not records:
             return
-        admit = asyncio.ensure_future(self._admit(records, acks, closed_by))
+        admit = asyncio.ensure_future(self._admit(records, ack, closed_by))
         cancelled = False
         while not admit.done():
             try:
@@ -135,20 +136,26 @@ class BatchScheduler:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _admit(self, records: Sequence[Record], acks: Sequence[Ack], closed_by: str) -> None:
+    async def _admit(self, records: Sequence[Record], ack: Ack, closed_by: str) -> None:
         self.metrics.messages_in.inc(len(records))
         self.metrics.pending_reviews.inc(len(records))
         decoded = self.processor.decode(records)
         tokens = await self._tokenise(decoded)
         # the token budget counts each valid review's tokens; dead letters cost nothing
-        where = list(itertools.accumulate((isinstance(r, Review) for r in decoded), initial=0))
-        lengths = [len(tokens.ids[where[i]]) if isinstance(r, Review) else 0 for i, r in enumerate(decoded)]
+        if len(tokens.ids) == len(decoded):  # all valid (the usual case): review i is text i
+            lengths = list(map(len, tokens.ids))
+            where: Sequence[int] = range(len(decoded) + 1)
+        else:
+            valid = [not isinstance(r, InvalidMessage) for r in decoded]
+            where = list(itertools.accumulate(valid, initial=0))
+            lengths = [len(tokens.ids[where[i]]) if v else 0 for i, v in enumerate(valid)]
         runs = cut_by_tokens(lengths, self.max_batch_tokens)
         for n, run in enumerate(runs):
+            start, stop = where[run.start], where[run.stop]
             batch = MicroBatch(
                 records=records[run.start : run.stop],
                 decoded=decoded[run.start : run.stop],
-                tokens=tokens.take(range(where[run.start], where[run.stop])),
+                tokens=Tokenised(tokens.ids[start:stop], tokens.truncated[start:stop]),
                 closed_by="tokens" if n < len(runs) - 1 else closed_by,
             )
             self.metrics.batches.labels(closed_by=batch.closed_by).inc()
@@ -157,14 +164,14 @@ class BatchScheduler:
             if self.closed:
                 self.slots.release()
                 return
-            task = asyncio.ensure_future(self._run(batch, acks[run.start : run.stop]))
+            task = asyncio.ensure_future(self._run(batch, ack))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
-    async def _tokenise(self, decoded: list[Review | InvalidMessage]) -> Tokenised:
+    async def _tokenise(self, decoded: list[ReviewFields | InvalidMessage]) -> Tokenised:
         """Tokenise the valid reviews off the event loop. If the tokenizer fails on the batch, each
         text is tried alone, and only those that fail alone become model errors (in ``decoded``)."""
-        texts = [r.text for r in decoded if isinstance(r, Review)]
+        texts = [r["text"] for r in decoded if not isinstance(r, InvalidMessage)]
         if not texts:
             return Tokenised([], [])
         loop = asyncio.get_running_loop()
@@ -177,10 +184,10 @@ class BatchScheduler:
             )
             ids, truncated = [], []
             for i, r in enumerate(decoded):
-                if not isinstance(r, Review):
+                if isinstance(r, InvalidMessage):
                     continue
                 try:
-                    one = await loop.run_in_executor(self.tokeniser, self.classifier.tokenise, [r.text])
+                    one = await loop.run_in_executor(self.tokeniser, self.classifier.tokenise, [r["text"]])
                 except Exception as alone:
                     decoded[i] = ModelError(f"tokenizer failed: {type(alone).__name__}: {alone}")
                     continue
@@ -190,22 +197,21 @@ class BatchScheduler:
         self.metrics.tokenise_seconds.observe(time.perf_counter() - started)
         return tokens
 
-    async def _run(self, batch: MicroBatch, acks: Sequence[Ack]) -> None:
+    async def _run(self, batch: MicroBatch, ack: Ack) -> None:
         try:
             with self.in_flight.track():
                 await self.processor.process(batch)
         except asyncio.CancelledError:  # abandoned at a stop: not done, so nothing is acked
             self.slots.release()
-            self.metrics.pending_reviews.dec(len(acks))
+            self.metrics.pending_reviews.dec(len(batch.records))
             raise
         except BaseException as exc:
             self.slots.release()
             self.on_fatal(batch, exc)
             return
         self.slots.release()
-        for ack in acks:
-            ack()
-        self.metrics.pending_reviews.dec(len(acks))
+        ack(batch.records)
+        self.metrics.pending_reviews.dec(len(batch.records))
         self.on_finished(batch)
 
 
@@ -217,13 +223,14 @@ def cut_by_tokens(lengths: Sequence[int], budget: int) -> list[range]:
     """
     if budget < 1:
         raise ValueError("budget must be positive")
+    n = len(lengths)
+    ends = list(itertools.accumulate(lengths, initial=0))  # ends[i]: tokens before text i
     runs: list[range] = []
-    start, total = 0, 0
-    for i, n in enumerate(lengths):
-        if i > start and total + n > budget:
-            runs.append(range(start, i))
-            start, total = i, 0
-        total += n
-    if start < len(lengths):
-        runs.append(range(start, len(lengths)))
+    start = 0
+    while start < n:
+        # the run takes every text whose end stays within budget of the run's start (bisect on
+        # the running sums, not a loop per text), and always at least one
+        stop = max(start + 1, bisect_right(ends, ends[start] + budget, start + 1) - 1)
+        runs.append(range(start, min(stop, n)))
+        start = stop
     return runs

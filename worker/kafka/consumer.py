@@ -15,10 +15,13 @@ What happens to a record:
 2. The batch goes to :meth:`worker.batching.scheduler.BatchScheduler.submit`, which returns once it is in
    flight; with every slot busy the loop stops calling ``getmany``, the fetcher's bounded
    buffer fills, and fetching stops (backpressure; lag grows, memory does not).
-3. When a record's result or dead letter is acknowledged by the broker, its offset is marked
-   finished (:class:`worker.kafka.offsets.OffsetBook`) and a commit follows promptly (at most one
-   commit in flight, ``commit_interval_s`` apart), so a crash repeats the batches in flight
-   and little more.
+3. When a micro-batch's results and dead letters are acknowledged by the broker, its records'
+   offsets are marked finished (:class:`worker.kafka.offsets.OffsetBook`, a partition's at a
+   time) and a commit follows promptly (at most one commit in flight, ``commit_interval_s``
+   apart), so a crash repeats the batches in flight and little more.
+
+The records go to the scheduler as aiokafka made them (``ConsumerRecord`` satisfies the
+pipeline's :class:`worker.batching.pipeline.Record`): no copy and no callback per message.
 4. On revocation (rebalance) and on stop, taking stops, everything admitted is finished,
    published and committed, and records gathered but not yet admitted are dropped: they were
    never committed, so their next owner reads them again. Nothing is lost, and a clean
@@ -37,8 +40,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from functools import partial
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from itertools import groupby
+from operator import attrgetter
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -60,16 +64,14 @@ PROBE_INTERVAL_S = 2.0  # one Metadata request per interval
 PROBE_TIMEOUT_S = 5.0  # a metadata request unanswered this long: the broker counts as unreachable
 
 
-def to_record(msg: ConsumerRecord[bytes, bytes]) -> Record:
-    return Record(
-        topic=msg.topic,
-        partition=msg.partition,
-        offset=msg.offset,
-        key=msg.key,
-        value=msg.value,
-        headers=list(msg.headers or ()),
-        timestamp_ms=msg.timestamp,
-    )
+_PARTITION = attrgetter("topic", "partition")
+
+
+def by_partition(records: Iterable[Record]) -> Iterable[tuple[TopicPartition, list[int]]]:
+    """The offsets of ``records`` per partition, in the order given (one entry per run of
+    consecutive records of a partition: ``getmany`` hands them over a partition at a time)."""
+    for (topic, partition), run in groupby(records, _PARTITION):
+        yield TopicPartition(topic, partition), [r.offset for r in run]
 
 
 class KafkaSource(ConsumerRebalanceListener):
@@ -286,14 +288,10 @@ class KafkaSource(ConsumerRebalanceListener):
 
     async def _admit(self, closed_by: str) -> None:
         msgs, self.gathered = self.gathered, []
-        book = self.book
-        acks = []
-        for m in msgs:
-            tp = TopicPartition(m.topic, m.partition)
-            book.take(tp, m.offset)
-            acks.append(partial(self._finished, tp, m.offset))
+        for tp, offsets in by_partition(msgs):
+            self.book.take_many(tp, offsets)
         admitting = self.admitting = asyncio.ensure_future(
-            self.scheduler.submit([to_record(m) for m in msgs], acks, closed_by)
+            self.scheduler.submit(msgs, self._finished, closed_by)
         )
         try:
             await asyncio.shield(admitting)  # a stop lets the admission complete (see stop)
@@ -302,8 +300,10 @@ class KafkaSource(ConsumerRebalanceListener):
             if self.admitting is admitting and admitting.done():
                 self.admitting = None
 
-    def _finished(self, tp: TopicPartition, offset: int) -> None:
-        self.book.finish(tp, offset)
+    def _finished(self, records: Sequence[Record]) -> None:
+        """A micro-batch's results and dead letters are acknowledged: its offsets may be committed."""
+        for tp, offsets in by_partition(records):
+            self.book.finish_many(tp, offsets)
         self.finished.set()
 
     async def _finish_admitted(self, timeout_s: float | None = None) -> None:

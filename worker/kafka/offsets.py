@@ -10,6 +10,7 @@ Plain data, no Kafka client: unit-tested on its own.
 
 from __future__ import annotations
 
+import operator
 from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
@@ -36,12 +37,26 @@ class OffsetBook(Generic[P]):
             raise ValueError(f"offset {offset} taken after {part.taken[-1]} on {partition!r}")
         part.taken.append(offset)
 
+    def take_many(self, partition: P, offsets: list[int]) -> None:
+        """:meth:`take` each of ``offsets`` (ascending), in one call."""
+        if not offsets:
+            return
+        part = self._parts.setdefault(partition, _Partition())
+        last = part.taken[-1] if part.taken else -1
+        if offsets[0] <= last or any(map(operator.ge, offsets, offsets[1:])):
+            raise ValueError(f"offsets {offsets} not ascending after {last} on {partition!r}")
+        part.taken.extend(offsets)
+
     def finish(self, partition: P, offset: int) -> None:
         """Mark one taken offset finished (its result acknowledged by the broker)."""
+        self.finish_many(partition, (offset,))
+
+    def finish_many(self, partition: P, offsets: Iterable[int]) -> None:
+        """Mark taken offsets finished (their results acknowledged by the broker)."""
         part = self._parts.get(partition)
         if part is None:  # forgotten by a revocation meanwhile: nothing to commit for it
             return
-        part.finished.add(offset)
+        part.finished.update(offsets)
         taken, finished = part.taken, part.finished
         while taken and taken[0] in finished:
             done = taken.popleft()
