@@ -13,6 +13,7 @@ import asyncio
 import gc
 import logging
 import os
+import sys
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -92,9 +93,12 @@ class KafkaService(Service):
         await self.publisher.start()
         await self.source.start()
         # what is alive now (model, libraries, app) lives as long as the process: freeze it out of
-        # the collector's passes, which the hot path's allocations would otherwise run over it
+        # the collector's passes, which the hot path's allocations would otherwise run over it;
+        # collected first, so no garbage cycle of start-up is kept for the life of the process
+        gc.collect()
         gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
+        if sys.version_info < (3, 14):  # 3.14's incremental collector reads the thresholds otherwise
+            gc.set_threshold(*GC_THRESHOLDS)
 
     async def on_stop(self) -> None:
         await self.source.stop()  # finishes and publishes in-flight batches, commits

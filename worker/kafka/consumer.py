@@ -19,15 +19,15 @@ What happens to a record:
    offsets are marked finished (:class:`worker.kafka.offsets.OffsetBook`, a partition's at a
    time) and a commit follows promptly (at most one commit in flight, ``commit_interval_s``
    apart), so a crash repeats the batches in flight and little more.
-
-The records go to the scheduler as aiokafka made them (``ConsumerRecord`` satisfies the
-pipeline's :class:`worker.batching.pipeline.Record`): no copy and no callback per message.
 4. On revocation (rebalance) and on stop, taking stops, everything admitted is finished,
    published and committed, and records gathered but not yet admitted are dropped: they were
    never committed, so their next owner reads them again. Nothing is lost, and a clean
    hand-over repeats nothing. A stop waits at most ``STOP_DRAIN_S`` for batches that cannot
    finish (the broker is away, the model hangs): they are abandoned uncommitted, so the next
    owner repeats them, and the process still exits cleanly.
+
+The records go to the scheduler as aiokafka made them (``ConsumerRecord`` satisfies the
+pipeline's :class:`worker.batching.pipeline.Record`): no copy and no callback per message.
 
 A broker that goes away is not a crash: fetch and commit errors are logged and retried with
 backoff, :meth:`KafkaSource.probe` tells readiness whether the cluster answers, and the
