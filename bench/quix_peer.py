@@ -16,6 +16,7 @@ its default commit interval).
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from typing import Any
 
@@ -57,6 +58,7 @@ def main() -> None:
         loglevel="WARNING",
         auto_create_topics=False,  # bench/stream.py creates them
         use_changelog_topics=False,  # stateless
+        state_dir=tempfile.mkdtemp(prefix="bench-quix-state-"),  # not ./state in the caller's folder
     )
     source = app.topic(args.input, key_deserializer="bytes", value_deserializer="json")
     sink = app.topic(args.output, key_serializer="bytes", value_serializer="json")
