@@ -94,6 +94,15 @@ class Inference:
     def probabilities(self) -> torch.Tensor:
         return torch.softmax(self.logits, dim=-1)
 
+    def predictions(self) -> list[Prediction]:
+        """One :class:`Prediction` per text: the most probable label and every label's probability."""
+        probs = self.probabilities
+        labels = probs.argmax(-1).tolist()
+        return [
+            Prediction(label_id=label, probabilities=tuple(p), truncated=t, n_tokens=n)
+            for label, p, t, n in zip(labels, probs.tolist(), self.truncated, self.n_tokens, strict=True)
+        ]
+
 
 class Classifier(Protocol):
     """What the worker needs from a model: classify texts, report health and limits."""
@@ -241,15 +250,7 @@ class Qwen3Engine(ABC):
         return self.classify_tokenised(self.tokenise(texts)) if texts else []
 
     def classify_tokenised(self, tok: Tokenised) -> list[Prediction]:
-        if not tok.ids:
-            return []
-        result = self.infer_tokenised(tok)
-        probs = result.probabilities
-        labels = probs.argmax(-1).tolist()
-        return [
-            Prediction(label_id=label, probabilities=tuple(p), truncated=t, n_tokens=n)
-            for label, p, t, n in zip(labels, probs.tolist(), result.truncated, result.n_tokens, strict=True)
-        ]
+        return self.infer_tokenised(tok).predictions() if tok.ids else []
 
     def _run(
         self, batch: list[int], ids: list[list[int]]

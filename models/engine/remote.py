@@ -344,15 +344,7 @@ class RemoteEmbeddingEngine:
         return self.classify_tokenised(self.tokenise(texts)) if texts else []
 
     def classify_tokenised(self, tok: Tokenised) -> list[Prediction]:
-        if not tok.ids:
-            return []
-        result = self.infer_tokenised(tok)
-        probs = result.probabilities
-        labels = probs.argmax(-1).tolist()
-        return [
-            Prediction(label_id=label, probabilities=tuple(p), truncated=t, n_tokens=n)
-            for label, p, t, n in zip(labels, probs.tolist(), result.truncated, result.n_tokens, strict=True)
-        ]
+        return self.infer_tokenised(tok).predictions() if tok.ids else []
 
     def warm_up(self) -> float:
         """A few requests of several lengths (the server reachable, the vectors wide enough); seconds."""
