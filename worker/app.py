@@ -10,10 +10,8 @@ commits, and leaves the group before the process exits.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
-import sys
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -42,9 +40,6 @@ log = logging.getLogger(__name__)
 
 LAG_REFRESH_S = 1.0  # one ListOffsets request per refresh
 STOP_PRODUCER_S = 5.0  # at most 25 + 5 + 5 + 5 s from SIGTERM to exit when the broker is away
-# The collector's first generation: 10,000 allocations between passes instead of 700. Each pass
-# walks every young object alive, and the batches in flight keep thousands alive (bench/stream.py).
-GC_THRESHOLDS = (10_000, 20, 10)
 
 
 class NoKafka(BootStrategy):
@@ -92,13 +87,6 @@ class KafkaService(Service):
         )  # fmt: skip
         await self.publisher.start()
         await self.source.start()
-        # what is alive now (model, libraries, app) lives as long as the process: freeze it out of
-        # the collector's passes, which the hot path's allocations would otherwise run over it;
-        # collected first, so no garbage cycle of start-up is kept for the life of the process
-        gc.collect()
-        gc.freeze()
-        if sys.version_info < (3, 14):  # 3.14's incremental collector reads the thresholds otherwise
-            gc.set_threshold(*GC_THRESHOLDS)
 
     async def on_stop(self) -> None:
         await self.source.stop()  # finishes and publishes in-flight batches, commits
