@@ -87,3 +87,9 @@ class ModelError(InvalidMessage):
     """The model failed on this message even when run alone."""
 
     reason: DeadLetterReason = "model_error"
+
+
+class ModelUnavailable(SentimentError):
+    """The model cannot answer now, for a reason that waiting cures (an embedding server that is
+    down, overloaded or unreachable). The worker waits and tries the batch again, not ready
+    meanwhile; nothing is dead-lettered for it."""

@@ -116,6 +116,14 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
         web_bind=settings.web_host,
     )
     metrics = Metrics.create(registry)
+    engine = getattr(classifier, "inner", classifier)  # under a cache (models/engine/cache.py)
+    if hasattr(engine, "observer"):  # a model behind an embeddings server: its requests
+
+        def observe_request(seconds: float, outcome: str) -> None:
+            metrics.embedding_request_seconds.observe(seconds)
+            metrics.embedding_requests.labels(outcome=outcome).inc()
+
+        engine.observer = observe_request
     info = classifier.info
     metrics.model_info.info(
         {
@@ -166,6 +174,14 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
     app.kafka = KafkaService(
         settings, publisher, source, processor.model_busy_s, loop=app.loop, beacon=app.beacon
     )
+
+    idle_probe_s = getattr(engine, "idle_probe_s", None)
+    if idle_probe_s:  # readiness follows the embeddings server even when no review arrives
+
+        @app.timer(idle_probe_s)
+        async def probe_model() -> None:
+            if not scheduler.tasks:  # a batch in flight reports the server's state itself
+                await processor.probe_idle()
 
     @app.timer(LAG_REFRESH_S)
     async def refresh_lag() -> None:
@@ -262,6 +278,7 @@ def run_worker(settings: Settings) -> None:
                 max_batch_tokens=settings.max_batch_tokens,
                 max_batch_size=settings.batch_size,
                 compile=settings.compile == "on" or (settings.compile == "auto" and on_cuda),
+                **settings.engine_options(),
             )
             info = classifier.info
             log.info("model %s %s loaded from %s on %s (%s)",

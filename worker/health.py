@@ -1,5 +1,6 @@
 """What /readyz reports beyond assignment: is the broker reachable, is publishing going through,
-is the model working. One small object the Kafka edge, the pipeline and the web views share.
+is the model working (or waiting for an embedding server that is away). One small object the
+Kafka edge, the pipeline and the web views share.
 
 Publishing doubles as a gate: while a batch's results are being retried (the broker is away,
 refusing writes, or a topic is missing), :meth:`Health.wait_publishing` holds every new batch
@@ -40,6 +41,7 @@ class Health:
     broker_error: str | None = None
     publish_error: str | None = None
     model_broken: str | None = None
+    model_unavailable: str | None = None
     publish_failing_since: float | None = None
     _publishing_ok: asyncio.Event | None = field(default=None, repr=False)
     _retrying: int = 0
@@ -88,19 +90,26 @@ class Health:
     def model_failed(self, error: str) -> None:
         self.model_broken = error
 
+    def model_waiting(self, error: str) -> None:
+        """The model cannot answer for now (its server is away); a batch or probe will retry."""
+        self.model_unavailable = error
+
+    def model_answered(self) -> None:
+        self.model_unavailable = None
+
     def report(self) -> dict[str, object]:
         """The readiness fields this object owns (``ok`` is whether they allow ready)."""
         body: dict[str, object] = {
             "broker": self.broker_reachable,
             "publishing": self.publishing,
-            "model": "broken" if self.model_broken else "ok",
+            "model": "broken" if self.model_broken else "unavailable" if self.model_unavailable else "ok",
         }
         if self.publish_failing_since is not None:
             body["publishing_failing_s"] = round(time.monotonic() - self.publish_failing_since, 1)
         for key, value in (
             ("broker_error", self.broker_error),
             ("publish_error", self.publish_error),
-            ("model_error", self.model_broken),
+            ("model_error", self.model_broken or self.model_unavailable),
         ):
             if value:
                 body[key] = value
@@ -108,4 +117,5 @@ class Health:
 
     @property
     def ok(self) -> bool:
-        return self.broker_reachable and not self._retrying and not self.model_broken
+        model_ok = not self.model_broken and not self.model_unavailable
+        return self.broker_reachable and not self._retrying and model_ok

@@ -67,6 +67,8 @@ class Metrics:
     device_memory: Gauge
     publish_retries: Counter
     broker_reachable: Gauge
+    embedding_request_seconds: Histogram
+    embedding_requests: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry, prefix: str = "sentiment") -> Metrics:
@@ -178,6 +180,19 @@ class Metrics:
             broker_reachable=Gauge(
                 name("broker_reachable"),
                 "1 while the Kafka cluster answers the worker's metadata probe (every 2 s), else 0.",
+                registry=registry,
+            ),
+            embedding_request_seconds=Histogram(
+                name("embedding_request_seconds"),
+                "One HTTP request to the embeddings server (--embedding-url), every attempt.",
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            embedding_requests=Counter(
+                name("embedding_requests"),
+                "Requests to the embeddings server, by outcome: the HTTP status (200, 429, 503, ...), "
+                "'timeout' or 'connect' (refused or unreachable). Retries count each attempt.",
+                ["outcome"],
                 registry=registry,
             ),
         )

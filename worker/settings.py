@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_core import ErrorDetails
@@ -19,6 +19,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from schemas.errors import ConfigError
 
 ENV_PREFIX = "SENTIMENT_"
+
+
+class RemoteEmbedding(TypedDict):
+    """``load_classifier``'s arguments for an embeddings server."""
+
+    embedding_url: str | None
+    embedding_model: str | None
+    embedding_api_key: str | None
 
 
 class Settings(BaseSettings):
@@ -112,6 +120,24 @@ class Settings(BaseSettings):
         "micro-batch, and so in one forward pass: a micro-batch taken from Kafka closes before the "
         "review that would take it over. Larger amortises launches; too large costs memory and latency.",
     )
+    embedding_url: str | None = Field(
+        default=None,
+        description="embedding-head checkpoints: an OpenAI-compatible embeddings server "
+        "(http://host:8000/v1, or the full .../embeddings URL: sglang, vLLM, TEI, infinity-emb) "
+        "that embeds instead of loading the base here; the head still runs here. Overrides the "
+        "manifest's embedding_url. While the server is away the worker waits (not ready), "
+        "dead-lettering nothing.",
+    )
+    embedding_model: str | None = Field(
+        default=None,
+        description="Model name sent to --embedding-url. Default: the manifest's embedding_model, "
+        "else its base_model.",
+    )
+    embedding_api_key: SecretStr | None = Field(
+        default=None,
+        description="Sent to the embeddings server as 'Authorization: Bearer ...'. Environment "
+        "variable only (SENTIMENT_EMBEDDING_API_KEY): never on the command line, never logged.",
+    )
 
     # --- batching and limits -------------------------------------------------------------------
     batch_size: int = Field(default=256, ge=1, description="Most reviews in one micro-batch (the count cap).")
@@ -183,6 +209,15 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
 
+    def engine_options(self) -> RemoteEmbedding:
+        """The remote-embedding arguments of ``load_classifier``."""
+        key = self.embedding_api_key.get_secret_value() if self.embedding_api_key else None
+        return {
+            "embedding_url": self.embedding_url,
+            "embedding_model": self.embedding_model,
+            "embedding_api_key": key,
+        }
+
     @property
     def broker_list(self) -> list[str]:
         return [b.strip() for b in self.brokers.split(",") if b.strip()]
@@ -206,7 +241,7 @@ def _describe(error: ErrorDetails, given: Mapping[str, object]) -> str:
     """One validation error, named by the option or variable that carried the value."""
     field = str(error["loc"][0]) if error["loc"] else ""
     reason = error["msg"][:1].lower() + error["msg"][1:]
-    secret = field == "sasl_password"
+    secret = field in ("sasl_password", "embedding_api_key")
     if field in given:
         value = "***" if secret else given[field]
         return f"--{field.replace('_', '-')} {value}: {reason}"

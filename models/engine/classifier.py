@@ -407,11 +407,13 @@ def load_classifier(
     compile: bool = False,
     embedding_url: str | None = None,
     embedding_model: str | None = None,
+    embedding_api_key: str | None = None,
 ) -> Qwen3Engine | RemoteEmbeddingEngine:
     """Open a checkpoint directory offline (safetensors only, no remote code) by its manifest.
 
     ``embedding_url`` (or the manifest's): an ``embedding-head`` checkpoint gets its embeddings from
-    that OpenAI-compatible server (:mod:`models.engine.remote`) instead of a local base.
+    that OpenAI-compatible server (:mod:`models.engine.remote`) instead of a local base;
+    ``embedding_api_key`` is sent as ``Authorization: Bearer …``.
     """
     manifest = load_manifest(directory)
     if max_batch_tokens < manifest.max_length:
@@ -428,7 +430,7 @@ def load_classifier(
         from models.engine.remote import RemoteEmbeddingEngine
 
         return RemoteEmbeddingEngine.load(
-            directory, manifest, url=url, model=embedding_model,
+            directory, manifest, url=url, model=embedding_model, api_key=embedding_api_key,
             max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
         )  # fmt: skip
     engine = ENGINES[manifest.kind].load(

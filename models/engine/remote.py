@@ -53,7 +53,7 @@ from models.engine.loading import load_tokenizer, require_file, resolve_base
 from models.engine.packing import plan_batches
 from models.manifest import Manifest
 from models.tokenizer import ENDOFTEXT
-from schemas.errors import CheckpointError, SentimentError
+from schemas.errors import CheckpointError, ModelUnavailable, SentimentError
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,9 @@ class EmbeddingRequestError(EmbeddingServerError):
         self.status = status
 
 
-class EmbeddingServerUnavailable(EmbeddingServerError):
-    """Timeouts, refused connections or 429/5xx until the retries ran out (or the cool-down)."""
+class EmbeddingServerUnavailable(EmbeddingServerError, ModelUnavailable):
+    """Timeouts, refused connections or 429/5xx until the retries ran out (or the cool-down): the
+    worker waits for the server (not ready) instead of dead-lettering anything."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,7 @@ class RemoteOptions:
     max_backoff_s: float = 8.0
     cooldown_s: float = 5.0  # after the retries ran out, calls fail at once for this long
     probe_timeout_s: float = 5.0  # health()
+    idle_probe_s: float = 5.0  # the worker probes the server this often while no batch runs (readiness)
 
 
 def endpoint(url: str) -> str:
@@ -129,6 +131,7 @@ class RemoteEmbeddingEngine:
         max_batch_size: int = 256,
         options: RemoteOptions | None = None,
         observer: Observer | None = None,
+        api_key: str | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.manifest = manifest
@@ -140,6 +143,10 @@ class RemoteEmbeddingEngine:
         self.max_batch_tokens, self.max_batch_size = max_batch_tokens, max_batch_size
         self.options = opts = options or RemoteOptions()
         self.observer = observer
+        self.idle_probe_s = opts.idle_probe_s
+        self.headers = {"content-type": "application/json"}
+        if api_key:  # OpenAI-style; never logged (requests are logged by URL and status only)
+            self.headers["authorization"] = f"Bearer {api_key}"
         self.client = httpx.Client(
             timeout=opts.timeout_s,
             limits=httpx.Limits(max_connections=opts.in_flight + 1),
@@ -241,7 +248,7 @@ class RemoteEmbeddingEngine:
             retry_after = None
             try:
                 response = self.client.post(
-                    self.url, content=body, headers={"content-type": "application/json"},
+                    self.url, content=body, headers=self.headers,
                     timeout=opts.probe_timeout_s if probe else opts.timeout_s,
                 )  # fmt: skip
             except httpx.TimeoutException as exc:

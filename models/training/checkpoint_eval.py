@@ -43,13 +43,21 @@ def evaluate_checkpoint(
     device: str = "cpu",
     dtype: str | None = None,
     batch_tokens: int = 16384,
+    embedding_api_key: str | None = None,
 ) -> tuple[Report, torch.Tensor]:
     """The report and the ``[n, labels]`` probabilities of ``directory`` on ``examples``.
 
     ``dtype`` None: :func:`evaluation_dtype` (float32 unless the checkpoint records otherwise).
+    ``embedding_api_key``: for a checkpoint whose manifest names an embeddings server.
     """
     dtype = dtype or evaluation_dtype(directory)
-    engine = load_classifier(directory, device=device, dtype=dtype, max_batch_tokens=batch_tokens)
+    engine = load_classifier(
+        directory,
+        device=device,
+        dtype=dtype,
+        max_batch_tokens=batch_tokens,
+        embedding_api_key=embedding_api_key,
+    )
     labels = list(engine.manifest.labels)
     unknown = sorted({ex.label for ex in examples} - set(labels))
     if unknown:

@@ -30,6 +30,7 @@ from transformers.utils import logging as hf_logging
 from models.engine.classifier import EmbeddingHeadEngine, resolve_device
 from models.engine.heads import HeadType, build_head, save_embedding_head_checkpoint
 from models.engine.loading import LM_HEAD, base_reference, load_model, load_tokenizer, qwen3_config
+from models.engine.remote import EmbeddingServerError, RemoteEmbeddingEngine, endpoint
 from models.manifest import Manifest, atomic_directory
 from models.training.data import LabelledText, Prepared
 from models.training.embedding_analysis import analyse
@@ -52,11 +53,12 @@ def base_fingerprint(base: Path) -> str:
 
 
 class EmbeddingCache:
-    """``cache_dir/<key>.safetensors``: one file per (base, settings, list of texts)."""
+    """``cache_dir/<key>.safetensors``: one file per (embedder, settings, list of texts); the
+    embedder is a local base (its path and :func:`base_fingerprint`) or a server (URL and model)."""
 
-    def __init__(self, cache_dir: Path, *, base: Path, settings: dict[str, Any]) -> None:
+    def __init__(self, cache_dir: Path, *, embedder: dict[str, str], settings: dict[str, Any]) -> None:
         self.dir = cache_dir
-        self.prefix = {"base": str(base.resolve()), "weights": base_fingerprint(base), **settings}
+        self.prefix = {**embedder, **settings}
 
     def path(self, texts: Sequence[str]) -> Path:
         h = hashlib.sha256(orjson.dumps(self.prefix, option=orjson.OPT_SORT_KEYS))
@@ -77,7 +79,10 @@ class EmbeddingCache:
 
 
 def embed(
-    engine: EmbeddingHeadEngine, texts: Sequence[str], cache: EmbeddingCache, what: str
+    engine: EmbeddingHeadEngine | RemoteEmbeddingEngine,
+    texts: Sequence[str],
+    cache: EmbeddingCache,
+    what: str,
 ) -> torch.Tensor:
     """Unit embeddings of ``texts`` ([n, dimensions], float32), from the cache when present."""
     cached = cache.get(texts)
@@ -94,6 +99,33 @@ def embed(
     features = torch.cat(parts) if parts else torch.empty(0, engine.dimensions)
     cache.put(texts, features)
     return features
+
+
+def remote_embedder(
+    out: Path, manifest: Manifest, local: Path | None, api_key: str | None, batch_tokens: int
+) -> RemoteEmbeddingEngine:
+    """The client of ``manifest.embedding_url``, its width asked of the server (one request)."""
+    assert manifest.embedding_url
+    tokenizer, append_id = (
+        load_tokenizer(local, manifest.max_length, append_eos=True) if local is not None else (None, None)
+    )
+    engine = RemoteEmbeddingEngine(
+        manifest, build_head("linear", 1, len(manifest.labels)),  # replaced once the width is known
+        url=manifest.embedding_url, model=manifest.embedding_model or manifest.base_model,
+        dimensions=manifest.dimensions or 1, tokenizer=tokenizer, append_id=append_id,
+        name=manifest.name or out.name, max_batch_tokens=batch_tokens, api_key=api_key,
+    )  # fmt: skip
+    try:
+        width = engine.post([engine.text_of(engine.tokenise(["ok"]).ids[0])]).shape[1]
+    except EmbeddingServerError as exc:
+        engine.close()
+        raise ConfigError(str(exc)) from None
+    if manifest.dimensions is not None and manifest.dimensions > width:
+        engine.close()
+        raise ConfigError(f"--dimensions {manifest.dimensions}: the server's embeddings have {width}")
+    engine.dimensions = manifest.dimensions or width
+    engine.head = build_head("linear", engine.dimensions, len(manifest.labels)).eval()  # placeholder
+    return engine
 
 
 def class_weights(y: torch.Tensor, k: int) -> torch.Tensor:
@@ -154,7 +186,7 @@ def fit_mlp(
 
 
 def train_head(
-    base: Path,
+    base: Path | str,
     data: Prepared,
     labels: Sequence[str],
     out: Path,
@@ -169,53 +201,70 @@ def train_head(
     batch_tokens: int = 16384,
     seed: int = 0,
     name: str | None = None,
+    embedding_url: str | None = None,
+    embedding_model: str | None = None,
+    embedding_api_key: str | None = None,
     echo: Callable[[str], None] = print,
 ) -> Path:
-    """Embed ``data`` with the frozen ``base``, fit the head, write an ``embedding-head`` checkpoint."""
+    """Embed ``data`` with the frozen ``base``, fit the head, write an ``embedding-head`` checkpoint.
+
+    With ``embedding_url`` the embeddings come from that OpenAI-compatible server (serving
+    ``embedding_model``, default ``base``) and the manifest records both, so the worker uses it
+    too; ``base`` may then be a name only (no local files: token counts are UTF-8 bytes and the
+    server truncates), or a local copy whose tokenizer cuts texts at ``max_length`` here.
+    """
     started = time.perf_counter()
     hf_logging.disable_progress_bar()
     if out.exists():
         raise ConfigError(f"{out} already exists; choose another --out or remove it")
-    config = qwen3_config(base)
-    if dimensions is not None and not 0 < dimensions <= config.hidden_size:
-        raise ConfigError(f"--dimensions must be between 1 and the base's hidden size ({config.hidden_size})")
+    local = Path(base) if Path(base).is_dir() else None
+    if local is None and not embedding_url:
+        raise ConfigError(f"base {base}: no such directory")
+    hidden = qwen3_config(local).hidden_size if local is not None else None
+    if dimensions is not None and not 0 < dimensions <= (hidden or dimensions):
+        raise ConfigError(f"--dimensions must be between 1 and the base's hidden size ({hidden})")
     dev, dt = resolve_device(device, dtype)
     manifest = Manifest(  # type: ignore[call-arg]  # features: an extra field, kept as is
         kind="embedding-head",
-        base_model=base_reference(base, out),
+        base_model=base_reference(local, out) if local is not None else str(base),
         labels=list(labels),
         max_length=max_length,
         instruction=instruction,
         dimensions=dimensions,
         name=name or out.name,
         version="1",
+        embedding_url=embedding_url,
+        embedding_model=embedding_model,
         # the head is fitted on features computed here; evaluation and serving should match them
-        features={"device": dev.type, "dtype": str(dt).removeprefix("torch.")},
+        features=(
+            {"server": endpoint(embedding_url), "dtype": "float32"}
+            if embedding_url
+            else {"device": dev.type, "dtype": str(dt).removeprefix("torch.")}
+        ),
     )
-    tokenizer, append_id = load_tokenizer(base, max_length, append_eos=True)
-    backbone = load_model(Qwen3Model, base, dt, dev, dropped=LM_HEAD)  # a causal-LM base's head
-    placeholder = build_head(
-        "linear", dimensions or config.hidden_size, len(labels)
-    )  # only features are read
-    engine = EmbeddingHeadEngine(
-        backbone,
-        placeholder,
-        tokenizer,
-        manifest,
-        name=manifest.name or "",
-        append_id=append_id,
-        max_batch_tokens=batch_tokens,
-    )
-    cache = EmbeddingCache(
-        cache_dir,
-        base=base,
-        settings={
-            "instruction": instruction,
-            "dimensions": dimensions,
-            "max_length": max_length,
-            "dtype": str(dt),
-        },
-    )
+    settings = {"instruction": instruction, "dimensions": dimensions, "max_length": max_length}
+    engine: EmbeddingHeadEngine | RemoteEmbeddingEngine
+    if embedding_url:
+        engine = remote_embedder(out, manifest, local, embedding_api_key, batch_tokens)
+        echo(f"embedding through {engine.url} (model {engine.model!r}, {engine.dimensions} dimensions)")
+        embedder = {"server": engine.url, "model": engine.model, "tokens": "base" if local else "bytes"}
+    else:
+        assert local is not None and hidden is not None
+        tokenizer, append_id = load_tokenizer(local, max_length, append_eos=True)
+        backbone = load_model(Qwen3Model, local, dt, dev, dropped=LM_HEAD)  # a causal-LM base's head
+        placeholder = build_head("linear", dimensions or hidden, len(labels))  # only features are read
+        engine = EmbeddingHeadEngine(
+            backbone,
+            placeholder,
+            tokenizer,
+            manifest,
+            name=manifest.name or "",
+            append_id=append_id,
+            max_batch_tokens=batch_tokens,
+        )
+        embedder = {"base": str(local.resolve()), "weights": base_fingerprint(local)}
+        settings["dtype"] = str(dt)
+    cache = EmbeddingCache(cache_dir, embedder=embedder, settings=settings)
     k = len(labels)
 
     def xy(part: Sequence[LabelledText], what: str) -> tuple[torch.Tensor, list[int]]:
@@ -272,10 +321,14 @@ def train_head(
         parts = {"dev": (data.splits.dev, data.sources["dev"])}
         if data.splits.test:
             parts["test"] = (data.splits.test, data.sources["test"])
-        report_checkpoint(tmp, parts, training=training, device=str(dev), echo=echo)
+        report_checkpoint(
+            tmp, parts, training=training, device=str(dev), echo=echo, embedding_api_key=embedding_api_key
+        )
         projection_png(
             x_train, y_train, labels, tmp / "embeddings-train.png", tsne=(analysis.tsne, analysis.tsne_index),
             title=f"train embeddings; k-means ({k} clusters) ARI against the labels: {analysis.ari:.3f}",
         )  # fmt: skip
+    if isinstance(engine, RemoteEmbeddingEngine):
+        engine.close()
     echo(f"\nwrote {out} in {time.perf_counter() - started:.0f} s")
     return out

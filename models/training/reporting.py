@@ -19,6 +19,7 @@ def report_checkpoint(
     training: dict[str, Any],
     device: str,
     echo: Callable[[str], None],
+    embedding_api_key: str | None = None,
 ) -> dict[str, Report]:
     """Evaluate ``directory`` on each named split through the serving engine (fp32), write the
     metrics and ``training`` into its manifest, and the PNGs beside it; returns the reports.
@@ -29,7 +30,9 @@ def report_checkpoint(
     for name, (examples, _source) in splits.items():
         if examples:
             echo(f"evaluating the checkpoint on {name} ({len(examples)} examples)…")
-            reports[name], _ = evaluate_checkpoint(directory, examples, device=device)
+            reports[name], _ = evaluate_checkpoint(
+                directory, examples, device=device, embedding_api_key=embedding_api_key
+            )
     record(
         directory,
         evaluation={n: evaluation_entry(r, splits[n][0], splits[n][1]) for n, r in reports.items()},

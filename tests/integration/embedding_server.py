@@ -2,13 +2,8 @@
 
 infinity-emb pins sentence-transformers<4 and numpy<2, which the project's environment does not
 hold, so it lives in its own virtualenv, found at ``$SENTIMENT_EMBEDDING_SERVER_VENV`` (default
-``.venv-emb`` in the checkout). Made with (PyPI needed: infinity-emb is not in the local index)::
-
-    python3 -m venv .venv-emb
-    .venv-emb/bin/pip install torch==2.13.0
-    .venv-emb/bin/pip install 'infinity-emb[server,torch]==0.0.78' 'transformers>=4.51,<5'
-
-Without it the tests that need the server are skipped, saying so.
+``.venv-emb`` in the checkout), which ``./setup.sh --dev`` makes (PyPI needed: infinity-emb is not
+in the local index). Without it the tests that need the server fail, saying how to make it.
 """
 
 from __future__ import annotations
@@ -34,9 +29,10 @@ SERVED_NAME = "tiny-qwen3-embedding"
 
 def require_server() -> Path:
     if not SERVER.is_file():
-        pytest.skip(
-            f"no infinity-emb virtualenv at {VENV} (set SENTIMENT_EMBEDDING_SERVER_VENV; how to make one: "
-            "tests/integration/embedding_server.py)"
+        pytest.fail(
+            f"no infinity-emb virtualenv at {VENV}: ./setup.sh --dev makes it (or set "
+            "SENTIMENT_EMBEDDING_SERVER_VENV to one)",
+            pytrace=False,
         )
     return SERVER
 
@@ -53,7 +49,9 @@ class InfinityServer:
 
 
 @contextmanager
-def infinity(model_dir: Path, log: Path, *, timeout_s: float = 120) -> Iterator[InfinityServer]:
+def infinity(
+    model_dir: Path, log: Path, *, port: int | None = None, timeout_s: float = 120
+) -> Iterator[InfinityServer]:
     """Serve ``model_dir`` (a sentence-transformers layout) on CPU in float32 at ``/v1/embeddings``.
 
     infinity's torch engine loads it with sentence-transformers, whose ``1_Pooling/config.json``
@@ -61,7 +59,7 @@ def infinity(model_dir: Path, log: Path, *, timeout_s: float = 120) -> Iterator[
     recipe, and L2-normalises the whole vector.
     """
     server = require_server()
-    port = free_port()
+    port = port or free_port()
     cmd = [
         str(server), "v2", "--model-id", str(model_dir), "--served-model-name", SERVED_NAME,
         "--host", "127.0.0.1", "--port", str(port), "--url-prefix", "/v1",

@@ -14,10 +14,15 @@ white space is outer).
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
+import orjson
 import pytest
 import torch
 
@@ -32,7 +37,10 @@ from models.engine.remote import (
     RemoteOptions,
 )
 from models.manifest import Manifest
+from tests.integration.conftest import WorkerFactory, result_counts
 from tests.integration.embedding_server import SERVED_NAME, InfinityServer, infinity, require_server
+from worker.kafka.clients import consume, produce_values
+from worker.ports import free_port
 
 FEATURE_ATOL = 1e-5
 LOGIT_ATOL = 1e-4
@@ -178,3 +186,101 @@ def test_a_server_killed_mid_run_makes_health_false(base: Path, tmp_path: Path) 
             remote.classify(texts[:1])
         assert time.monotonic() - started < 5
         assert remote.health() is False
+
+
+def _readyz(port: int) -> dict[str, object]:
+    response = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+    body: dict[str, object] = response.json()
+    assert (response.status_code == 200) == body["ready"], body
+    return body
+
+
+def _metric(port: int, line_start: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
+
+
+def _poll(what: str, check: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"not {what} within {timeout_s} s"
+        time.sleep(0.3)
+
+
+def test_the_worker_serves_through_the_server_and_waits_out_its_outage(
+    base: Path, broker: str, topics: dict[str, str], start_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    """The worker with --embedding-url publishes the local backend's labels; killing the server under
+    load makes it not ready (model: unavailable) and dead-letters nothing; once the server is back,
+    every review has its result, with the labels the local backend gives."""
+    ckpt = checkpoint(tmp_path / "c", str(base))
+    reviews = [r.text for r in sample_reviews(600, seed=12)]
+    local = load_classifier(ckpt, device="cpu", dtype="float32")
+    want = {f"r{i}": local.info.labels[p.label_id] for i, p in enumerate(local.classify(reviews))}
+    messages = [(f"r{i}".encode(), orjson.dumps({"id": f"r{i}", "text": t})) for i, t in enumerate(reviews)]
+    port = free_port()
+    with infinity(base, tmp_path / "server-1.log", port=port) as running:
+        worker = start_worker(
+            "--checkpoint", str(ckpt), "--embedding-url", running.url, "--embedding-model", SERVED_NAME,
+            "--batch-size", "32", "--retry-backoff-max-s", "2",
+        )  # fmt: skip
+        web = worker.web_port  # type: ignore[attr-defined]
+        asyncio.run(produce_values(broker, topics["input"], messages[:200]))
+        result_counts(broker, topics["output"], 200, timeout_s=60)
+        assert _metric(web, 'sentiment_embedding_requests_total{outcome="200"}') > 0
+        running.kill()
+        asyncio.run(produce_values(broker, topics["input"], messages[200:]))  # a backlog meets the outage
+        _poll("not ready", lambda: _readyz(web)["model"] == "unavailable", timeout_s=30)
+        assert _metric(web, 'sentiment_embedding_requests_total{outcome="connect"}') > 0
+    with infinity(base, tmp_path / "server-2.log", port=port):
+        counts = result_counts(broker, topics["output"], len(reviews), timeout_s=120)
+        _poll("ready again", lambda: _readyz(web)["ready"] is True, timeout_s=30)
+    assert set(counts) == set(want), f"missing: {sorted(set(want) - set(counts))[:10]}"
+    got = {
+        orjson.loads(v or b"{}")["id"]: orjson.loads(v or b"{}")["label"]
+        for _k, v, _h in asyncio.run(_all(broker, topics["output"]))
+    }
+    assert got == want
+    assert asyncio.run(_all(broker, topics["dlq"])) == []  # the outage dead-lettered nothing
+    assert worker.poll() is None, worker.log.read_text()[-3000:]  # type: ignore[attr-defined]
+
+
+async def _all(broker: str, topic: str) -> list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]:
+    return [m async for m in consume(broker, topic, timeout_s=3)]
+
+
+def test_train_head_through_the_server_matches_the_local_base(
+    server: InfinityServer, base: Path, tmp_path: Path
+) -> None:
+    """`sentiment train head --embedding-url` fits the same head as with the base loaded here (the
+    same features within tolerance), records the server for the worker, and reaches it to evaluate."""
+    data = tmp_path / "train.tsv"
+    rows = sample_reviews(240, seed=13)
+    data.write_text("".join(f"{r.text.replace(chr(9), ' ')}\t{r.label}\n" for r in rows), encoding="utf-8")
+    common = ["train", "head", "--train", str(data), "--labels", "negative,positive", "--seed", "1",
+              "--home", str(tmp_path / "home")]  # fmt: skip
+
+    def run(*extra: str) -> None:
+        cmd = [sys.executable, "-m", "worker", *common, *extra]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+    run("--base", str(base), "--out", str(tmp_path / "local"), "--dtype", "float32", "--device", "cpu")
+    run("--base", "Qwen/Qwen3-Embedding-0.6B-not-here", "--out", str(tmp_path / "remote"),
+        "--embedding-url", server.url, "--embedding-model", SERVED_NAME)  # fmt: skip
+    manifest = load_classifier(tmp_path / "remote").manifest
+    assert manifest.embedding_url == server.url and manifest.embedding_model == SERVED_NAME
+    assert manifest.model_extra and manifest.model_extra["features"]["server"].startswith(server.url)
+    texts = [r.text for r in sample_reviews(80, seed=14)]
+    local = load_classifier(tmp_path / "local", device="cpu", dtype="float32")
+    remote = load_classifier(tmp_path / "remote")
+    assert isinstance(remote, RemoteEmbeddingEngine) and remote.tokenizer is None
+    a, b = local.infer(texts), remote.infer(texts)
+    assert a.logits.argmax(-1).tolist() == b.logits.argmax(-1).tolist()
+    torch.testing.assert_close(b.probabilities, a.probabilities, atol=1e-3, rtol=0)
+    # both evaluated their checkpoint (through the server for the remote one) on the same dev split
+    local_dev, remote_dev = (
+        load_classifier(tmp_path / n).manifest.model_dump()["evaluation"]["dev"] for n in ("local", "remote")
+    )
+    assert remote_dev["data_sha256"] == local_dev["data_sha256"]
+    assert remote_dev["accuracy"] == local_dev["accuracy"]

@@ -12,6 +12,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 from prometheus_client import CollectorRegistry
 
 from models.engine.classifier import EngineInfo, Prediction, Tokenised
+from schemas.errors import ModelUnavailable
 from schemas.messages import Headers
 from worker.batching.pipeline import BatchProcessor, Limits, Message, MicroBatch, Outgoing, Record, Topics
 from worker.batching.scheduler import BatchScheduler
@@ -19,7 +20,9 @@ from worker.metrics import Metrics
 
 
 class FakeClassifier:
-    """Positive when the text contains 好; raises on texts containing 'boom'."""
+    """Positive when the text contains 好; raises on texts containing 'boom'. Like a model behind
+    an embeddings server: raises ModelUnavailable on texts containing 'choke' (the server fails on
+    them alone) and on every call while ``away`` (the server is down; the probe fails too)."""
 
     info = EngineInfo("fake", "1", "sequence-classifier", ("negative", "positive"), 16, "cpu", "float32")
     max_batch_tokens = 100
@@ -29,6 +32,8 @@ class FakeClassifier:
         self.calls: list[list[str]] = []
         self.gate: threading.Event | None = None  # when set, each call waits for it to open
         self.broken = False  # every call fails, the health probe too (a dead device)
+        self.away = False  # every call fails with ModelUnavailable, the health probe too
+        self.probes = 0
 
     def tokenise(self, texts: Sequence[str]) -> Tokenised:
         """One 'token' per character, code points as ids, cut at max_length."""
@@ -44,6 +49,10 @@ class FakeClassifier:
             self.gate.wait(timeout=10)
         if self.broken:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        if self.away:
+            raise ModelUnavailable("embedding server http://emb/v1 failed 5 time(s); last: connect")
+        if any("choke" in t for t in texts):
+            raise ModelUnavailable("embedding server http://emb/v1 failed 5 time(s); last: 500")
         if any("boom" in t for t in texts):
             raise RuntimeError("kernel exploded")
         return [
@@ -58,7 +67,8 @@ class FakeClassifier:
         return 0.0
 
     def health(self) -> bool:
-        return not self.broken
+        self.probes += 1
+        return not self.broken and not self.away
 
 
 class FakePublisher:

@@ -125,7 +125,7 @@ def test_every_alert_has_a_summary_a_runbook_and_exported_metrics() -> None:
     assert {r["alert"] for r in rules} == {
         "SentimentConsumerLagGrowing", "SentimentDeadLetterRateHigh", "SentimentLatencyP99High",
         "SentimentWorkerNotReady", "SentimentNoResults", "SentimentPublishRetrying",
-        "SentimentBrokerUnreachable",
+        "SentimentBrokerUnreachable", "SentimentEmbeddingServerFailing",
     }  # fmt: skip
     for rule in rules:
         assert rule["annotations"]["summary"] and rule["annotations"]["runbook"], rule["alert"]

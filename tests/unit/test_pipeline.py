@@ -283,3 +283,55 @@ def test_when_one_partition_of_the_results_fails_only_its_messages_are_sent_agai
     assert registry.get_sample_value("sentiment_results_total", {"label": "positive"}) == 6
     assert registry.get_sample_value("sentiment_end_to_end_latency_seconds_count") == 6
     assert registry.get_sample_value("sentiment_dead_letters_total", {"reason": "decode"}) == 1
+
+
+def test_a_model_whose_server_is_away_is_waited_for_and_nothing_is_dead_lettered() -> None:
+    pub = FakePublisher()
+    proc, model = make(pub, CollectorRegistry())
+    model.away = True
+    seen: list[tuple[object, bool]] = []
+
+    async def sleep(seconds: float) -> None:  # each backoff: what /readyz says then; back after 3
+        proc.slept.append(seconds)  # type: ignore[attr-defined]
+        seen.append((proc.health.report()["model"], proc.health.ok))
+        model.away = len(seen) < 3
+        await asyncio.sleep(0)
+
+    proc.sleep = sleep
+    run = handle(proc, [record(i, review(i, "好" if i % 2 else "差")) for i in range(4)])
+    assert run.fatal == [] and run.acked == [0, 1, 2, 3]
+    assert sorted(orjson.loads(v)["id"] for t, _, v, _ in pub.sent if t == "out") == ["r0", "r1", "r2", "r3"]
+    assert [t for t, *_ in pub.sent if t == "dlq"] == []  # not one review lost to the dead letters
+    assert seen == [("unavailable", False)] * 3
+    assert proc.slept == [0.25, 0.5, 1.0]  # type: ignore[attr-defined]
+    assert proc.health.report()["model"] == "ok" and proc.health.ok
+    # the whole batch was tried again each time, never text by text while the server was away
+    assert all(len(call) == 4 for call in model.calls)
+
+
+def test_a_text_the_server_fails_on_while_it_answers_probes_is_dead_lettered() -> None:
+    pub = FakePublisher()
+    proc, model = make(pub, CollectorRegistry())
+    batch = [record(i, review(i, t)) for i, t in enumerate(["好", "choke me", "差"])]
+    run = handle(proc, batch)
+    assert model.calls[1:] == [["好"], ["choke me"], ["差"]] and model.probes == 2  # isolated, probed
+    assert run.fatal == [] and run.acked == [0, 1, 2] and proc.slept == []  # type: ignore[attr-defined]
+    assert sorted(orjson.loads(v)["id"] for t, _, v, _ in pub.sent if t == "out") == ["r0", "r2"]
+    [(_, _, value, headers)] = [s for s in pub.sent if s[0] == "dlq"]
+    assert value == batch[1].value and dict(headers)["error.reason"] == b"model_error"
+    assert proc.health.ok
+
+
+def test_the_idle_probe_makes_readiness_follow_the_server() -> None:
+    proc, model = make(FakePublisher(), CollectorRegistry())
+
+    async def probe() -> tuple[object, bool]:
+        await proc.probe_idle()
+        return proc.health.report()["model"], proc.health.ok
+
+    assert asyncio.run(probe()) == ("ok", True)
+    model.away = True
+    assert asyncio.run(probe()) == ("unavailable", False)
+    assert proc.health.report()["model_error"] == "health probe failed"
+    model.away = False
+    assert asyncio.run(probe()) == ("ok", True) and model.probes == 3

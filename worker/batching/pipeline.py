@@ -53,7 +53,14 @@ from aiokafka.errors import (
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from models.engine.classifier import Classifier, Prediction, Tokenised
-from schemas.errors import InvalidMessage, ModelError, ResultTooLargeError, SchemaError, SentimentError
+from schemas.errors import (
+    InvalidMessage,
+    ModelError,
+    ModelUnavailable,
+    ResultTooLargeError,
+    SchemaError,
+    SentimentError,
+)
 from schemas.messages import (
     HeaderList,
     Headers,
@@ -343,9 +350,29 @@ class BatchProcessor:
         observe_many(m.end_to_end_latency, [max(0, now - t) / 1000 for t in ts_ins])
 
     async def _classify(self, tok: Tokenised) -> list[Prediction | InvalidMessage]:
-        """Run the model in its thread; a failing batch is retried text by text to isolate it."""
+        """Run the model in its thread; a failing batch is retried text by text to isolate it.
+
+        A model that cannot answer for now (:class:`ModelUnavailable`: its embedding server is
+        away) is waited for: the batch is tried again with backoff, /readyz says not ready, and
+        nothing is dead-lettered for it; only the batch's in-flight slot is held meanwhile."""
         if not tok.ids:
             return []
+        backoff = Backoff(self.limits.retry_backoff_max_s)
+        while True:
+            try:
+                preds = await self._classify_isolating(tok)
+            except ModelUnavailable as exc:
+                if self.health.model_unavailable is None:
+                    log.warning("the model cannot answer (%s); waiting for it, not ready meanwhile", exc)
+                self.health.model_waiting(f"{type(exc).__name__}: {exc}")
+                await self.sleep(backoff.next())
+                continue
+            if self.health.model_unavailable is not None:
+                log.info("the model answers again")
+                self.health.model_answered()
+            return preds
+
+    async def _classify_isolating(self, tok: Tokenised) -> list[Prediction | InvalidMessage]:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         began: list[float] = []
@@ -358,6 +385,8 @@ class BatchProcessor:
         try:
             preds: list[Prediction | InvalidMessage] = list(await loop.run_in_executor(self.executor, run))
         except Exception as exc:
+            if isinstance(exc, ModelUnavailable) and not await self._probe(loop):
+                raise  # the server is away, not this batch's fault: wait for it
             log.warning("model failed on a batch of %d (%r); retrying one by one", len(tok.ids), exc)
             preds = [await self._classify_one(loop, tok.take([i])) for i in range(len(tok.ids))]
             if all(isinstance(p, ModelError) for p in preds):
@@ -377,7 +406,31 @@ class BatchProcessor:
             )
             return pred
         except Exception as exc:
+            # unavailable, yet the probe answers: the server fails on this text (a dead letter);
+            # if the probe fails too, the server went away meanwhile: wait for it
+            if isinstance(exc, ModelUnavailable) and not await self._probe(loop):
+                raise
             return ModelError(f"model failed: {type(exc).__name__}: {exc}")
+
+    async def _probe(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """The model's health probe, on the model thread; False when it fails or raises."""
+        try:
+            return bool(await loop.run_in_executor(self.executor, self._timed, self.classifier.health))
+        except Exception:
+            return False
+
+    async def probe_idle(self) -> None:
+        """Readiness for a model behind a server (``idle_probe_s``): between batches, probe it and
+        say whether it answers. Skipped while a model call runs (its outcome says it already)."""
+        if self.model_since is not None:
+            return
+        if await self._probe(asyncio.get_running_loop()):
+            if self.health.model_unavailable is not None:
+                log.info("the model answers its health probe again")
+                self.health.model_answered()
+        elif self.health.model_unavailable is None:
+            log.warning("the model's health probe fails (its server is away?); not ready until it answers")
+            self.health.model_waiting("health probe failed")
 
     def _timed(self, call: Callable[..., T], *args: Any) -> T:
         """A model call (or the health probe: a broken device may hang there too), on the model
@@ -395,11 +448,7 @@ class BatchProcessor:
 
     async def _check_model(self, loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:
         """Every text failed alone too: blame the texts only if the model's health probe passes."""
-        try:
-            healthy = await loop.run_in_executor(self.executor, self._timed, self.classifier.health)
-        except Exception:
-            healthy = False
-        if not healthy:
+        if not await self._probe(loop):
             self.health.model_failed(f"{type(exc).__name__}: {exc}")
             raise ModelBroken(f"the model fails on every text and its health probe fails: {exc!r}")
 

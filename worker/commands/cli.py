@@ -95,6 +95,17 @@ def base_directory(value: str) -> Path:
     raise ConfigError(f"--base {value}: no such directory")
 
 
+def base_option(ctx: click.Context, _param: click.Parameter, value: str) -> Path | str:
+    """``--base`` resolved to a directory; with ``--embedding-url`` a name found nowhere here is
+    kept as the served model's name (``--embedding-url`` is eager, so it is parsed first)."""
+    try:
+        return base_directory(value)
+    except ConfigError:
+        if ctx.params.get("embedding_url"):
+            return value
+        raise
+
+
 KAFKA = (
     "brokers",
     "client_id",
@@ -105,7 +116,10 @@ KAFKA = (
     "ssl_certfile",
     "ssl_keyfile",
 )
-MODEL = ("checkpoint", "device", "dtype", "compile", "max_batch_tokens", "home")
+MODEL = (
+    "checkpoint", "embedding_url", "embedding_model", "device", "dtype", "compile", "max_batch_tokens",
+    "home",
+)  # fmt: skip
 
 
 def _setup_logging(level: str) -> None:
@@ -495,9 +509,10 @@ def data_options(fun: F) -> F:
         click.option(
             "--base",
             required=True,
-            callback=lambda _ctx, _param, value: base_directory(value),
+            callback=base_option,
             help="Directory of the Qwen3 base (safetensors, config.json, tokenizer.json), or a hub id "
-            "already in the local Hugging Face cache (nothing is downloaded).",
+            "already in the local Hugging Face cache (nothing is downloaded). With --embedding-url: "
+            "the served model's name, or a local copy (its tokenizer then cuts texts at --max-length).",
         ),
     ]
     for option in reversed(options):
@@ -569,9 +584,22 @@ def train(
 )
 @click.option("--max-length", type=int, default=512, show_default=True, help="Tokens per text, EOS included.")
 @click.option("--batch-tokens", type=int, default=16384, show_default=True, help="Token budget per batch.")
+@click.option(
+    "--embedding-url",
+    default=None,
+    is_eager=True,
+    help="Embed through this OpenAI-compatible server (http://host:8000/v1: sglang, vLLM, TEI, "
+    "infinity-emb) instead of loading --base here; the checkpoint records it for the worker. "
+    "An API key goes in SENTIMENT_EMBEDDING_API_KEY.",
+)
+@click.option(
+    "--embedding-model", default=None, help="Model name sent to --embedding-url.  [default: --base]"
+)
 @settings_options("device", "dtype", "home")
 def train_head_command(**o: Any) -> None:
-    """Embed with a frozen Qwen3-Embedding base (cached under --home) and fit a head on the vectors."""
+    """Embed with a frozen Qwen3-Embedding base (cached under --home) and fit a head on the vectors.
+
+    With --embedding-url the embeddings come from a server instead (cached the same way)."""
     require_extra("sentiment train head", "matplotlib", "sklearn")
     from worker.commands.training_runs import echo, labels_option, prepared
 
@@ -598,6 +626,9 @@ def train_head_command(**o: Any) -> None:
         batch_tokens=o["batch_tokens"],
         seed=o["seed"],
         name=o["name"],
+        embedding_url=o["embedding_url"],
+        embedding_model=o["embedding_model"],
+        embedding_api_key=settings.engine_options()["embedding_api_key"],
         echo=echo,
     )
 

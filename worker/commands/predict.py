@@ -266,6 +266,7 @@ def stream(
                 dtype=settings.dtype,
                 max_batch_tokens=settings.max_batch_tokens,
                 compile=settings.compile == "on",  # a compile costs more than a few texts take
+                **settings.engine_options(),
             )
             labels = engine.info.labels
         preds = iter(engine.classify(texts) if engine is not None and texts else ())

@@ -94,8 +94,10 @@ def run_eval(
     )
     from models.training.evaluation import format_report
     from models.training.plots import confusion_png
+    from worker.settings import load_settings
 
-    report, _ = evaluate_checkpoint(checkpoint, examples, device=device, dtype=dtype)
+    key = load_settings().engine_options()["embedding_api_key"]  # a checkpoint behind a server
+    report, _ = evaluate_checkpoint(checkpoint, examples, device=device, dtype=dtype, embedding_api_key=key)
     if plots is not None:
         plots.mkdir(parents=True, exist_ok=True)
         echo(f"wrote {confusion_png(report, plots / 'confusion.png')}")
