@@ -1,0 +1,453 @@
+"""Result and embedding caches: a text the model has already scored is not scored again.
+
+Reviews repeat (the same short "好评", retries of a batch, re-reads after a rebalance), and an
+``embedding-head`` checkpoint's expensive part, the base's embedding, is shared by every head trained
+on that base. :class:`CachedClassifier` wraps any engine (:class:`~models.engine.classifier.Classifier`)
+and looks each text up by its *token ids* (the model's own tokenizer output: the exact text, the
+instruction prefix included, and for a cut text exactly what the model sees):
+
+- ``sequence-classifier``: a **result cache**. Key: the model's identity (kind, name, version, dtype,
+  labels) and the ids; value: the label and every label's probability. A hit skips the model.
+- ``embedding-head`` (a local base or an embeddings server): an **embedding cache**. Key: the
+  embedding's identity (the manifest's ``embedding_model or base_model``, ``dimensions``,
+  ``instruction``, ``max_length``, dtype, tokenizer ids or UTF-8 bytes) and the ids; value: the
+  normalised, MRL-cut embedding the head reads (float32). A hit runs only the engine's head, so a new
+  head version (and ``train head``) reuses every embedding already computed for that base.
+
+Where the entries live is a :class:`CacheStore`: :class:`LRUCache` in the process (the default), or
+:class:`RedisCache`, shared by every worker. The cache is an optimisation, never a dependency: a
+store that fails answers "all miss" and drops writes, so an outage costs compute, never a review.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import math
+import re
+import sys
+import threading
+import time
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
+from urllib.parse import urlsplit
+
+import orjson
+import torch
+
+from models.engine.classifier import Classifier, EngineInfo, Inference, Prediction, Tokenised
+from schemas.errors import ConfigError
+
+if TYPE_CHECKING:
+    import redis
+
+log = logging.getLogger(__name__)
+
+Key = bytes | str
+CacheName = Literal["result", "embedding"]
+Outcome = Literal["hit", "miss", "error"]
+Observer = Callable[[str, str, int], None]
+"""Called with (cache, outcome, count) once per outcome per batch, counting distinct texts: "hit"
+(served from the store), "miss" (computed; a malformed entry is a miss) or "error" (the store could
+not answer, or is in its cool-down after a failure: computed). Metrics: lookups by cache and outcome."""
+
+FORMAT = "v1"  # in every key: a change of the value layout starts from an empty cache
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+class CacheStore(Protocol):
+    """Bytes by key, bounded in time. Never raises for an unavailable backend: it degrades."""
+
+    def get_many(self, keys: Sequence[Key]) -> list[bytes | None] | None:
+        """The value of each key (None: absent or expired); None when the store cannot answer now."""
+        ...
+
+    def set_many(self, items: Sequence[tuple[Key, bytes]]) -> None:
+        """Store every item with the store's TTL; dropped when the store cannot take them now."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _bytes(key: Key) -> bytes:
+    return key.encode() if isinstance(key, str) else key
+
+
+class LRUCache:
+    """In the process: at most ``max_entries`` entries, each a miss ``ttl_s`` after it was written.
+
+    Thread-safe (one lock): the worker's model thread and a trainer may share it."""
+
+    def __init__(
+        self, *, max_entries: int, ttl_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if max_entries < 1:
+            raise ConfigError(f"cache max_entries must be at least 1; got {max_entries}")
+        if not ttl_s > 0:
+            raise ConfigError(f"cache ttl_s must be positive; got {ttl_s}")
+        self.max_entries, self.ttl_s, self.clock = max_entries, ttl_s, clock
+        self._data: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()  # key → (expires, value)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get_many(self, keys: Sequence[Key]) -> list[bytes | None]:
+        now = self.clock()
+        out: list[bytes | None] = []
+        with self._lock:
+            for key in map(_bytes, keys):
+                entry = self._data.get(key)
+                if entry is not None and entry[0] <= now:
+                    del self._data[key]
+                    entry = None
+                if entry is not None:
+                    self._data.move_to_end(key)
+                out.append(None if entry is None else entry[1])
+        return out
+
+    def set_many(self, items: Sequence[tuple[Key, bytes]]) -> None:
+        expires = self.clock() + self.ttl_s
+        with self._lock:
+            for key, value in items:
+                k = _bytes(key)
+                self._data[k] = (expires, value)
+                self._data.move_to_end(k)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+
+    def close(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+class RedisCache:
+    """A Redis (or Valkey, KeyDB) shared by every worker: ``MGET`` to look up, one pipeline of
+    ``SET key value PX ttl`` to write.
+
+    Any failure (refused, timed out, an error reply) makes that call all-miss (or drops its writes),
+    logs one warning per outage and one info line when the store answers again, and starts a
+    cool-down of ``cooldown_s`` in which the store is not asked at all: a Redis that hangs costs
+    one short timeout per cool-down, not one per batch. The client never retries by itself.
+    """
+
+    def __init__(
+        self, client: redis.Redis, *, ttl_s: float, name: str, cooldown_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
+        if not ttl_s > 0:
+            raise ConfigError(f"cache ttl_s must be positive; got {ttl_s}")
+        self.client, self.name = client, name
+        self.ttl_ms = None if math.isinf(ttl_s) else max(1, round(ttl_s * 1000))
+        self.cooldown_s, self.clock = cooldown_s, clock
+        self._down_until = 0.0
+        self._outage = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, ttl_s: float, timeout_s: float = 0.25, connect_timeout_s: float = 0.25,
+        cooldown_s: float = 5.0,
+    ) -> RedisCache:  # fmt: skip
+        """A client for ``url`` (connects on first use: a Redis down at start only degrades)."""
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        try:
+            client = redis.Redis.from_url(
+                url, socket_timeout=timeout_s, socket_connect_timeout=connect_timeout_s,
+                retry=Retry(NoBackoff(), 0),  # redis-py ≥ 6 retries 3 times by default
+            )  # fmt: skip
+        except (ValueError, TypeError) as exc:
+            safe = redact(url)
+            raise ConfigError(f"cache URL {safe}: {redact(str(exc))}") from None
+        return cls(client, ttl_s=ttl_s, name=redact(url), cooldown_s=cooldown_s)
+
+    def _available(self) -> bool:
+        return self.clock() >= self._down_until
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        with self._lock:
+            self._down_until = self.clock() + self.cooldown_s
+            first, self._outage = not self._outage, True
+        if first:
+            log.warning(
+                "cache %s failed (%s: %s: %s); computing without it, asking again in %g s",
+                self.name, what, type(exc).__name__, redact(str(exc)), self.cooldown_s,
+            )  # fmt: skip
+
+    def _answered(self) -> None:
+        if self._outage:
+            with self._lock:
+                back, self._outage = self._outage, False
+            if back:
+                log.info("cache %s answers again", self.name)
+
+    def get_many(self, keys: Sequence[Key]) -> list[bytes | None] | None:
+        if not keys:
+            return []
+        if not self._available():
+            return None
+        try:
+            values = cast("list[Any]", self.client.mget(list(keys)))
+        except Exception as exc:  # a cache never fails a batch
+            self._failed("MGET", exc)
+            return None
+        self._answered()
+        return [v if isinstance(v, bytes) else None for v in values]
+
+    def set_many(self, items: Sequence[tuple[Key, bytes]]) -> None:
+        if not items or not self._available():
+            return
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for key, value in items:
+                    pipe.set(key, value, px=self.ttl_ms)
+                pipe.execute()
+        except Exception as exc:
+            self._failed("SET", exc)
+            return
+        self._answered()
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception as exc:
+            log.debug("closing cache %s: %r", self.name, exc)
+
+
+_USERINFO = re.compile(r"(?<=://)([^/]*)@")  # up to the last @ of the authority
+_PASSWORD_PARAM = re.compile(r"(?i)(password=)[^&#]*")
+
+
+def redact(text: str) -> str:
+    """``redis://user:secret@host`` → ``redis://user:***@host`` (also ``?password=``), for logs."""
+
+    def userinfo(m: re.Match[str]) -> str:
+        user, sep, _ = m.group(1).partition(":")
+        return f"{user}:***@" if sep else "***@"
+
+    return _PASSWORD_PARAM.sub(r"\1***", _USERINFO.sub(userinfo, text))
+
+
+def open_cache(
+    url: str | None, *, max_entries: int, ttl_s: float, timeout_s: float = 0.25, cooldown_s: float = 5.0
+) -> LRUCache | RedisCache:
+    """``None`` or ``memory://``: an :class:`LRUCache`; ``redis://``, ``rediss://``, ``unix://``: a
+    :class:`RedisCache` (``max_entries`` is then Redis's own ``maxmemory`` policy's business)."""
+    if url is None or url == "memory://":
+        return LRUCache(max_entries=max_entries, ttl_s=ttl_s)
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:
+        scheme = ""
+    if scheme not in REDIS_SCHEMES:
+        raise ConfigError(f"cache URL must be memory://, redis://, rediss:// or unix://; got {redact(url)!r}")
+    return RedisCache.from_url(
+        url, ttl_s=ttl_s, timeout_s=timeout_s, connect_timeout_s=timeout_s, cooldown_s=cooldown_s
+    )
+
+
+def _ids_bytes(ids: Sequence[int]) -> bytes:
+    a = array("I", ids)  # token ids and UTF-8 bytes both fit in 32 bits
+    if sys.byteorder != "little":
+        a.byteswap()  # one key layout on every machine sharing a Redis
+    return a.tobytes()
+
+
+class CachedClassifier:
+    """A :class:`~models.engine.classifier.Classifier` that asks ``store`` before ``inner``.
+
+    Texts are looked up once per distinct token ids (duplicates in a batch are computed once); the
+    misses go to the inner engine in one call and are written back. ``health`` and ``warm_up`` go
+    to the inner engine uncached: they must prove the model computes. Everything else (``observer``,
+    ``close`` of a remote engine, ``manifest``…) is the inner engine's.
+    """
+
+    def __init__(
+        self, inner: Classifier, store: CacheStore, *, namespace: str = "sentiment",
+        observer: Observer | None = None,
+    ) -> None:  # fmt: skip
+        self.inner, self.store, self.observer = inner, store, observer
+        self.info: EngineInfo = inner.info
+        engine: Any = inner
+        self.cache: CacheName = (
+            "embedding"
+            if inner.info.kind == "embedding-head" and hasattr(engine, "infer_tokenised")
+            else "result"
+        )
+        if self.cache == "embedding":
+            m = engine.manifest
+            self.dimensions = int(engine.dimensions)
+            identity: tuple[Any, ...] = (
+                m.embedding_model or m.base_model, self.dimensions, m.instruction, m.max_length,
+                inner.info.dtype, "utf-8" if engine.tokenizer is None else "tokens",
+            )  # fmt: skip
+        else:
+            i = inner.info
+            identity = (i.kind, i.name, i.version, i.dtype, i.labels)
+        self.identity = identity
+        self._prefix = f"{namespace}:{self.cache}:{FORMAT}:".encode()
+        self._hash = hashlib.blake2b(orjson.dumps(identity), digest_size=16)
+
+    @property
+    def max_batch_tokens(self) -> int:
+        return self.inner.max_batch_tokens
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.inner.max_batch_size
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def key(self, ids: Sequence[int]) -> bytes:
+        """The store key of one tokenised text."""
+        h = self._hash.copy()
+        h.update(_ids_bytes(ids))
+        return self._prefix + h.hexdigest().encode()
+
+    # --- the Classifier protocol ------------------------------------------------------------------
+
+    def tokenise(self, texts: Sequence[str]) -> Tokenised:
+        return self.inner.tokenise(texts)
+
+    def classify(self, texts: Sequence[str]) -> list[Prediction]:
+        return self.classify_tokenised(self.tokenise(texts)) if texts else []
+
+    def classify_tokenised(self, tok: Tokenised) -> list[Prediction]:
+        if not tok.ids:
+            return []
+        if self.cache == "embedding":
+            index, features, miss_logits = self._embed(tok)
+            hits = features[len(miss_logits) :]
+            logits = torch.cat([miss_logits, self._head(hits)]) if len(hits) else miss_logits
+            return Inference(logits[index], None, tok.truncated, [len(i) for i in tok.ids]).predictions()
+        return self._results(tok)
+
+    def warm_up(self) -> float:
+        return self.inner.warm_up()
+
+    def health(self) -> bool:
+        return self.inner.health()
+
+    def close(self) -> None:
+        """Close the inner engine (if it holds anything) and the store."""
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+        self.store.close()
+
+    # --- embeddings -----------------------------------------------------------------------------
+
+    def embed_tokenised(self, tok: Tokenised) -> torch.Tensor:
+        """The features the head reads, ``[n, dimensions]`` float32 on the CPU, through the cache."""
+        if self.cache != "embedding":
+            raise TypeError(f"a {self.info.kind} checkpoint has no embedding cache")
+        if not tok.ids:
+            return torch.empty(0, self.dimensions)
+        index, features, _ = self._embed(tok)
+        return features[index]
+
+    def _lookup(self, keys: list[bytes]) -> tuple[dict[bytes, int], list[bytes | None] | None]:
+        """Distinct keys (→ their first row) and each one's stored value (None: the store failed)."""
+        first: dict[bytes, int] = {}
+        for row, key in enumerate(keys):
+            first.setdefault(key, row)
+        return first, self.store.get_many(list(first))
+
+    def _observe(self, distinct: int, hits: int, failed: bool) -> None:
+        if self.observer is None:
+            return
+        counts = {"error": distinct} if failed else {"hit": hits, "miss": distinct - hits}
+        for outcome, count in counts.items():
+            if count:
+                self.observer(self.cache, outcome, count)
+
+    def _results(self, tok: Tokenised) -> list[Prediction]:
+        keys = [self.key(ids) for ids in tok.ids]
+        first, values = self._lookup(keys)
+        found = {} if values is None else {k: self._result(v) for k, v in zip(first, values, strict=True)}
+        answers = {k: r for k, r in found.items() if r is not None}
+        missed = [k for k in first if k not in answers]
+        self._observe(len(first), len(answers), values is None)
+        if missed:
+            computed = self.inner.classify_tokenised(tok.take([first[k] for k in missed]))
+            for k, p in zip(missed, computed, strict=True):
+                answers[k] = (p.label_id, p.probabilities)
+            self.store.set_many([(k, orjson.dumps(answers[k])) for k in missed])
+        return [
+            Prediction(*answers[k], truncated=t, n_tokens=len(ids))
+            for k, ids, t in zip(keys, tok.ids, tok.truncated, strict=True)
+        ]
+
+    def _result(self, value: bytes | None) -> tuple[int, tuple[float, ...]] | None:
+        """A stored result, or None where it is absent or not one of this model's (a miss)."""
+        if value is None:
+            return None
+        try:
+            label, probs = orjson.loads(value)
+        except (orjson.JSONDecodeError, TypeError, ValueError):
+            return None
+        n = len(self.info.labels)
+        if (
+            type(label) is not int
+            or not 0 <= label < n
+            or not isinstance(probs, list)
+            or len(probs) != n
+            or not all(type(p) is float and math.isfinite(p) for p in probs)
+        ):
+            return None
+        return label, tuple(probs)
+
+    def _embed(self, tok: Tokenised) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(each row's position in the features, the misses' features then the hits', the misses'
+        logits). The misses run in one inner call; their features are written back."""
+        keys = [self.key(ids) for ids in tok.ids]
+        first, values = self._lookup(keys)
+        width = 4 * self.dimensions  # float32
+        sized = (
+            []
+            if values is None
+            else [(k, v) for k, v in zip(first, values, strict=True) if v and len(v) == width]
+        )
+        hit_features = torch.empty(0, self.dimensions)
+        if sized:
+            rows = torch.frombuffer(bytearray(b"".join(v for _, v in sized)), dtype=torch.float32)
+            rows = rows.view(len(sized), self.dimensions)
+            finite = torch.isfinite(rows).all(dim=1)
+            hit_features = rows[finite]
+            sized = [kv for kv, ok in zip(sized, finite.tolist(), strict=True) if ok]
+        hits = [k for k, _ in sized]
+        hit_set = set(hits)
+        missed = [k for k in first if k not in hit_set]
+        self._observe(len(first), len(hits), values is None)
+        miss_features = torch.empty(0, self.dimensions)
+        miss_logits = torch.empty(0, len(self.info.labels))
+        if missed:
+            engine: Any = self.inner
+            inference: Inference = engine.infer_tokenised(
+                tok.take([first[k] for k in missed]), keep_features=True
+            )
+            assert inference.features is not None
+            miss_features = inference.features.float().contiguous()
+            miss_logits = inference.logits
+            blob = ctypes.string_at(miss_features.data_ptr(), miss_features.nbytes)
+            self.store.set_many([(k, blob[j * width : (j + 1) * width]) for j, k in enumerate(missed)])
+        position = {k: j for j, k in enumerate([*missed, *hits])}
+        index = torch.tensor([position[k] for k in keys], dtype=torch.int64)
+        return index, torch.cat([miss_features, hit_features]), miss_logits
+
+    def _head(self, features: torch.Tensor) -> torch.Tensor:
+        """The inner engine's head on cached features, where and as the engine runs it (float32)."""
+        head: torch.nn.Module = self.inner.head  # type: ignore[attr-defined]
+        param = next(head.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        with torch.inference_mode():
+            return head(features.to(device=device, dtype=torch.float32)).float().cpu()
