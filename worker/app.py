@@ -116,7 +116,7 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
         web_bind=settings.web_host,
     )
     metrics = Metrics.create(registry)
-    engine = getattr(classifier, "inner", classifier)  # under a cache (models/engine/cache.py)
+    engine = classifier
     if hasattr(engine, "observer"):  # a model behind an embeddings server: its requests
 
         def observe_request(seconds: float, outcome: str) -> None:
@@ -124,6 +124,7 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
             metrics.embedding_requests.labels(outcome=outcome).inc()
 
         engine.observer = observe_request
+    classifier = with_cache(classifier, settings, metrics)
     info = classifier.info
     metrics.model_info.info(
         {
@@ -226,6 +227,27 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
         return self.json(body, status=200 if body["ready"] else 503)
 
     return app
+
+
+def with_cache(classifier: Classifier, settings: Settings, metrics: Metrics) -> Classifier:
+    """``classifier`` behind the cache ``--cache-url`` names (``off``: as it is)."""
+    if settings.cache_url == "off":
+        return classifier
+    from models.engine.cache import CachedClassifier, open_cache, redact
+
+    store = open_cache(settings.cache_url, max_entries=settings.cache_size, ttl_s=settings.cache_ttl_s)
+
+    def observe(cache: str, outcome: str, count: int) -> None:
+        metrics.cache_lookups.labels(cache=cache, outcome=outcome).inc(count)
+
+    cached = CachedClassifier(classifier, store, observer=observe)
+    log.info(
+        "%s cache: %s (entries used for %.0f s)",
+        cached.cache,
+        redact(settings.cache_url),
+        settings.cache_ttl_s,
+    )
+    return cached
 
 
 def device_memory(device: str, kind: str) -> float:

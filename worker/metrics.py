@@ -69,6 +69,7 @@ class Metrics:
     broker_reachable: Gauge
     embedding_request_seconds: Histogram
     embedding_requests: Counter
+    cache_lookups: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry, prefix: str = "sentiment") -> Metrics:
@@ -193,6 +194,13 @@ class Metrics:
                 "Requests to the embeddings server, by outcome: the HTTP status (200, 429, 503, ...), "
                 "'timeout' or 'connect' (refused or unreachable). Retries count each attempt.",
                 ["outcome"],
+                registry=registry,
+            ),
+            cache_lookups=Counter(
+                name("cache_lookups"),
+                "Distinct texts of each batch looked up in the cache (--cache-url), by cache (result, "
+                "embedding) and outcome: hit, miss (computed), error (the cache failed: computed).",
+                ["cache", "outcome"],
                 registry=registry,
             ),
         )

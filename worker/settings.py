@@ -11,14 +11,16 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, TypedDict
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.errors import ConfigError
 
 ENV_PREFIX = "SENTIMENT_"
+CACHE_SCHEMES = ("memory", "redis", "rediss", "unix")  # models/engine/cache.py's open_cache
 
 
 class RemoteEmbedding(TypedDict):
@@ -139,6 +141,17 @@ class Settings(BaseSettings):
         "variable only (SENTIMENT_EMBEDDING_API_KEY): never on the command line, never logged.",
     )
 
+    cache_url: str = Field(
+        default="memory://",
+        description="Where scored texts are remembered, so a repeated review skips the model: "
+        "memory:// (this process, --cache-size entries), redis://[:password@]host:6379/0 (shared by "
+        "every worker and `train head`; put a password in SENTIMENT_CACHE_URL, not on the command "
+        "line), or off. embedding-head checkpoints cache embeddings (shared by every head on the "
+        "same base), others their results. A cache that fails is skipped, never an error.",
+    )
+    cache_size: int = Field(default=10_000, ge=1, description="Entries the memory:// cache keeps.")
+    cache_ttl_s: float = Field(default=86_400.0, gt=0, description="Seconds a cached entry is used.")
+
     # --- batching and limits -------------------------------------------------------------------
     batch_size: int = Field(default=256, ge=1, description="Most reviews in one micro-batch (the count cap).")
     batch_wait_s: float = Field(
@@ -209,6 +222,13 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
 
+    @field_validator("cache_url")
+    @classmethod
+    def _cache_scheme(cls, url: str) -> str:
+        if url != "off" and urlsplit(url).scheme.lower() not in CACHE_SCHEMES:
+            raise ValueError("must be memory://, redis://, rediss://, unix:// or off")
+        return url
+
     def engine_options(self) -> RemoteEmbedding:
         """The remote-embedding arguments of ``load_classifier``."""
         key = self.embedding_api_key.get_secret_value() if self.embedding_api_key else None
@@ -241,7 +261,7 @@ def _describe(error: ErrorDetails, given: Mapping[str, object]) -> str:
     """One validation error, named by the option or variable that carried the value."""
     field = str(error["loc"][0]) if error["loc"] else ""
     reason = error["msg"][:1].lower() + error["msg"][1:]
-    secret = field in ("sasl_password", "embedding_api_key")
+    secret = field in ("sasl_password", "embedding_api_key", "cache_url")
     if field in given:
         value = "***" if secret else given[field]
         return f"--{field.replace('_', '-')} {value}: {reason}"

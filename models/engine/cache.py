@@ -274,6 +274,7 @@ class CachedClassifier:
     ) -> None:  # fmt: skip
         self.inner, self.store, self.observer = inner, store, observer
         self.info: EngineInfo = inner.info
+        self.max_batch_tokens, self.max_batch_size = inner.max_batch_tokens, inner.max_batch_size
         engine: Any = inner
         self.cache: CacheName = (
             "embedding"
@@ -293,14 +294,6 @@ class CachedClassifier:
         self.identity = identity
         self._prefix = f"{namespace}:{self.cache}:{FORMAT}:".encode()
         self._hash = hashlib.blake2b(orjson.dumps(identity), digest_size=16)
-
-    @property
-    def max_batch_tokens(self) -> int:
-        return self.inner.max_batch_tokens
-
-    @property
-    def max_batch_size(self) -> int:
-        return self.inner.max_batch_size
 
     def __getattr__(self, name: str) -> Any:
         if name == "inner":  # not set yet (copy, pickle): no recursion

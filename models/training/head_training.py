@@ -27,6 +27,7 @@ from tqdm import tqdm
 from transformers import Qwen3Model
 from transformers.utils import logging as hf_logging
 
+from models.engine.cache import CachedClassifier, open_cache, redact
 from models.engine.classifier import EmbeddingHeadEngine, resolve_device
 from models.engine.heads import HeadType, build_head, save_embedding_head_checkpoint
 from models.engine.loading import LM_HEAD, base_reference, load_model, load_tokenizer, qwen3_config
@@ -41,6 +42,7 @@ from schemas.errors import ConfigError
 
 L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2)
 CHUNK = 1024  # texts per engine call (one progress-bar step)
+CACHE_TTL_S = 86_400.0  # --cache-url entries: the worker's default --cache-ttl-s
 
 
 def base_fingerprint(base: Path) -> str:
@@ -79,12 +81,15 @@ class EmbeddingCache:
 
 
 def embed(
-    engine: EmbeddingHeadEngine | RemoteEmbeddingEngine,
+    engine: EmbeddingHeadEngine | RemoteEmbeddingEngine | CachedClassifier,
     texts: Sequence[str],
     cache: EmbeddingCache,
     what: str,
 ) -> torch.Tensor:
-    """Unit embeddings of ``texts`` ([n, dimensions], float32), from the cache when present."""
+    """Unit embeddings of ``texts`` ([n, dimensions], float32), from the cache when present.
+
+    ``engine`` behind a :class:`CachedClassifier` (``--cache-url``): each text is looked up in
+    the workers' shared embedding cache too, and what is computed here is written there."""
     cached = cache.get(texts)
     if cached is not None:
         return cached
@@ -92,9 +97,12 @@ def embed(
     with tqdm(total=len(texts), desc=f"embedding {what}", unit="text", disable=None) as bar:
         for start in range(0, len(texts), CHUNK):
             chunk = texts[start : start + CHUNK]
-            result = engine.infer(chunk, keep_features=True)
-            assert result.features is not None
-            parts.append(result.features)
+            if isinstance(engine, CachedClassifier):
+                parts.append(engine.embed_tokenised(engine.tokenise(chunk)))
+            else:
+                result = engine.infer(chunk, keep_features=True)
+                assert result.features is not None
+                parts.append(result.features)
             bar.update(len(chunk))
     features = torch.cat(parts) if parts else torch.empty(0, engine.dimensions)
     cache.put(texts, features)
@@ -204,6 +212,7 @@ def train_head(
     embedding_url: str | None = None,
     embedding_model: str | None = None,
     embedding_api_key: str | None = None,
+    cache_url: str | None = None,
     echo: Callable[[str], None] = print,
 ) -> Path:
     """Embed ``data`` with the frozen ``base``, fit the head, write an ``embedding-head`` checkpoint.
@@ -212,6 +221,7 @@ def train_head(
     ``embedding_model``, default ``base``) and the manifest records both, so the worker uses it
     too; ``base`` may then be a name only (no local files: token counts are UTF-8 bytes and the
     server truncates), or a local copy whose tokenizer cuts texts at ``max_length`` here.
+    ``cache_url``: the workers' shared cache (:mod:`models.engine.cache`), read and written per text.
     """
     started = time.perf_counter()
     hf_logging.disable_progress_bar()
@@ -265,10 +275,15 @@ def train_head(
         embedder = {"base": str(local.resolve()), "weights": base_fingerprint(local)}
         settings["dtype"] = str(dt)
     cache = EmbeddingCache(cache_dir, embedder=embedder, settings=settings)
+    embedder_engine: EmbeddingHeadEngine | RemoteEmbeddingEngine | CachedClassifier = engine
+    if cache_url:
+        store = open_cache(cache_url, max_entries=1, ttl_s=CACHE_TTL_S)
+        embedder_engine = CachedClassifier(engine, store)
+        echo(f"embeddings also read from and written to {redact(cache_url)}")
     k = len(labels)
 
     def xy(part: Sequence[LabelledText], what: str) -> tuple[torch.Tensor, list[int]]:
-        return embed(engine, [ex.text for ex in part], cache, what), [
+        return embed(embedder_engine, [ex.text for ex in part], cache, what), [
             list(labels).index(ex.label) for ex in part
         ]
 

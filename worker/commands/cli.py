@@ -169,7 +169,7 @@ def cli() -> None:
     "offset_reset", "session_timeout_s", "rebalance_timeout_s", "commit_interval_s",
     *MODEL, "batch_size", "batch_wait_s", "max_message_bytes", "web_port", "web_host", "log_level",
     "processes", "stuck_batch_s", "max_in_flight", "max_headers", "max_header_bytes",
-    "dlq_max_value_bytes", "retry_backoff_max_s",
+    "dlq_max_value_bytes", "retry_backoff_max_s", "cache_url", "cache_size", "cache_ttl_s",
 )  # fmt: skip
 def worker(**options: Any) -> None:
     """Consume reviews, classify them in micro-batches, publish results and dead letters.
@@ -595,6 +595,13 @@ def train(
 @click.option(
     "--embedding-model", default=None, help="Model name sent to --embedding-url.  [default: --base]"
 )
+@click.option(
+    "--cache-url",
+    default=None,
+    help="Also keep each text's embedding in this Redis (redis://host:6379/0), the workers' "
+    "--cache-url: they then find the training texts' embeddings there, and a later run finds "
+    "theirs.  [default: only the on-disk cache under --home]",
+)
 @settings_options("device", "dtype", "home")
 def train_head_command(**o: Any) -> None:
     """Embed with a frozen Qwen3-Embedding base (cached under --home) and fit a head on the vectors.
@@ -629,6 +636,7 @@ def train_head_command(**o: Any) -> None:
         embedding_url=o["embedding_url"],
         embedding_model=o["embedding_model"],
         embedding_api_key=settings.engine_options()["embedding_api_key"],
+        cache_url=o["cache_url"],
         echo=echo,
     )
 
