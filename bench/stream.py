@@ -18,6 +18,13 @@ and committing:
 - ``aiokafka-loop``: the floor of aiokafka itself: one consumer and one producer, ``getmany`` →
   decode → label → one ``send`` per message → await the acknowledgements → commit, in a loop.
 
+**The cache with repeated reviews** (``--repeats 0,30,90``, ``cache-*`` cases): the worker with a
+model that costs ``--model-ms`` per review it computes (a sleep, as a GPU's time is spent off the
+interpreter), draining ``--cache-n`` reviews of which the given share repeat an earlier one, with
+``--cache-url off``, ``memory://`` (the default) and ``redis://`` (a ``redis-server`` started here,
+skipped when there is none); each record has the hit rate the worker's
+``sentiment_cache_lookups_total`` reports, and its ratio over ``cache-off`` at the same share.
+
 The faust cases are run by ``faust.Worker`` without its terminal spinner
 (``worker.app.quiet_worker``), which at log level warning sets the root logger to DEBUG and
 would tax both.
@@ -42,13 +49,16 @@ import datetime as dt
 import json
 import os
 import platform
+import random
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +88,9 @@ class NoopClassifier:
     max_batch_size = 4096
 
     def tokenise(self, texts: Sequence[str]) -> Tokenised:
-        return Tokenised([[0] * len(t) for t in texts], [False] * len(texts))
+        """A text's code points as its ids (about as many as a Qwen tokenizer's tokens for Chinese
+        reviews): distinct texts, distinct ids, as the cache's keys need."""
+        return Tokenised([list(map(ord, t)) for t in texts], [False] * len(texts))
 
     def classify_tokenised(self, tok: Tokenised) -> list[Prediction]:
         return [Prediction(1, (0.0, 1.0), False, len(ids)) for ids in tok.ids]
@@ -93,7 +105,20 @@ class NoopClassifier:
         return True
 
 
-def serve(case: str, brokers: str, tag: str, web_port: int) -> None:
+class CostlyClassifier(NoopClassifier):
+    """The no-op model, but each review it computes costs ``seconds`` (slept: off the interpreter)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def classify_tokenised(self, tok: Tokenised) -> list[Prediction]:
+        time.sleep(self.seconds * len(tok.ids))
+        return super().classify_tokenised(tok)
+
+
+def serve(
+    case: str, brokers: str, tag: str, web_port: int, cache_url: str = "memory://", model_ms: float = 0.0
+) -> None:
     """Run one case's worker in this process until SIGTERM."""
     import faust
     from prometheus_client import CollectorRegistry
@@ -105,13 +130,15 @@ def serve(case: str, brokers: str, tag: str, web_port: int) -> None:
         brokers=brokers, input_topic=f"in-{tag}", output_topic=f"out-{tag}", dlq_topic=f"dlq-{tag}",
         group_id=f"bench-{tag}", web_port=web_port, web_host="127.0.0.1", session_timeout_s=6,
         home=Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-stream-{tag}", log_level="warning",
+        cache_url=cache_url, **({"cache_size": 1_000_000} if model_ms else {}),  # cache cases: no eviction
     )  # fmt: skip
     settings.home.joinpath("faust").mkdir(parents=True, exist_ok=True)
     if case == "aiokafka-loop":
         asyncio.run(aiokafka_loop(brokers, settings.input_topic, settings.output_topic, settings.group_id))
         return
     if case == "worker":
-        app = create_app(settings, NoopClassifier(), CollectorRegistry())
+        model = CostlyClassifier(model_ms / 1000) if model_ms else NoopClassifier()
+        app = create_app(settings, model, CollectorRegistry())
     else:
         app = faust.App(
             settings.group_id, broker=f"kafka://{brokers}", value_serializer="raw", key_serializer="raw",
@@ -282,6 +309,111 @@ def case_command(case: str, brokers: str, tag: str, port: int, args: argparse.Na
             "--web-port", str(port)]  # fmt: skip
 
 
+def repeated(reviews: list[str], n: int, share: float, seed: int = 0) -> list[str]:
+    """``n`` texts of which ``share`` repeat one of the others, in random order: the distinct ones
+    are made unique (``#share-i``), the repeats drawn from them uniformly."""
+    rng = random.Random(seed)
+    tag = f"{share:.2f}"  # each share its own texts: a shared Redis holds none of another case's
+    distinct = [f"{reviews[i % len(reviews)]} #{tag}-{i}" for i in range(max(1, round(n * (1 - share))))]
+    texts = distinct + rng.choices(distinct, k=n - len(distinct))
+    rng.shuffle(texts)
+    return texts
+
+
+def cache_lookups(port: int) -> dict[str, float]:
+    """The worker's ``sentiment_cache_lookups_total`` by outcome (all caches)."""
+    import httpx
+
+    out: dict[str, float] = {}
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
+        if line.startswith("sentiment_cache_lookups_total{"):
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+            out[outcome] = out.get(outcome, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def run_cache_case(
+    store: str, share: float, brokers: str, texts: list[str], url: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Drain ``texts`` through the worker with a costly model and the cache ``url``."""
+    tag = f"cache-{store}-{uuid.uuid4().hex[:6]}"
+    asyncio.run(create_topics(brokers, [f"in-{tag}", f"out-{tag}", f"dlq-{tag}"],
+                              partitions=args.partitions, replication_factor=1))  # fmt: skip
+    asyncio.run(produce_values(brokers, f"in-{tag}", messages(texts, "b")))
+    port = free_port()
+    proc = subprocess.Popen([*case_command("worker", brokers, tag, port, args),
+                             "--cache-url", url, "--serve-model-ms", str(args.model_ms)])  # fmt: skip
+    try:
+        got, cpu_per_msg = asyncio.run(
+            collect(brokers, f"out-{tag}", {f"b{i}" for i in range(len(texts))}, proc=proc)
+        )
+        lookups = cache_lookups(port)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    outs = sorted(int(r["ts_out"]) for r in got.values())
+    drain_s = (outs[-1] - outs[0]) / 1000 if len(outs) > 1 else float("nan")
+    asked = sum(lookups.values())
+    result = {"messages_per_s": len(got) / drain_s if drain_s else float("nan"), "results": len(got),
+              "cpu_us_per_msg": cpu_per_msg * 1e6, "cache_errors": lookups.get("error", 0.0),
+              "hit_rate": lookups.get("hit", 0.0) / asked if asked else 0.0}  # fmt: skip
+    print(f"cache {store}, {share:.0%} repeated: {result['messages_per_s']:,.0f} messages/s, hit rate "
+          f"{result['hit_rate']:.1%} ({len(got)} results)", flush=True)  # fmt: skip
+    return result
+
+
+@contextmanager
+def redis_server() -> Iterator[str | None]:
+    """A throwaway ``redis-server`` on a free port (its URL), or None when there is none here."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        print(
+            "skipping the cache-redis case: no redis-server (./setup.sh --dev installs it)", file=sys.stderr
+        )
+        yield None
+        return
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        time.sleep(0.5)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def cache_records(
+    brokers: str, reviews: list[str], args: argparse.Namespace, common: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The ``cache-*`` cases at each ``--repeats`` share, each against ``cache-off`` at that share."""
+    records: list[dict[str, Any]] = []
+    device = f"cpu ({os.cpu_count()} cores)"
+    with redis_server() as redis_url:
+        stores = {"off": "off", "memory": "memory://", **({"redis": redis_url} if redis_url else {})}
+        for percent in [int(p) for p in args.repeats.split(",") if p]:
+            share = percent / 100
+            texts = repeated(reviews, args.cache_n, share)
+            results = {
+                store: run_cache_case(store, share, brokers, texts, url, args)
+                for store, url in stores.items()
+            }
+            for store, r in results.items():
+                base = results["off"]["messages_per_s"] if store != "off" else None
+                records.append({
+                    "bench": "stream", "case": f"cache-{store}", "model": f"sleep {args.model_ms} ms/review",
+                    "device": device, "metric": "messages_per_s", "value": round(r["messages_per_s"], 1),
+                    "unit": "messages/s", "baseline": "cache-off" if base else None,
+                    "ratio": round(r["messages_per_s"] / base, 2) if base else None, **common,
+                    "n_backlog": len(texts), "repeated": share, "hit_rate": round(r["hit_rate"], 4),
+                    "cache_errors": r["cache_errors"], "cpu_us_per_msg": round(r["cpu_us_per_msg"], 1),
+                    "results": r["results"],
+                })  # fmt: skip
+                print(json.dumps({k: v for k, v in records[-1].items() if k not in ("command", "date")},
+                                 ensure_ascii=False), flush=True)  # fmt: skip
+    return records
+
+
 def run_case(case: str, brokers: str, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
     tag = f"{case}-{uuid.uuid4().hex[:6]}"
     asyncio.run(
@@ -345,7 +477,7 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-CASES = ("plain-faust", "worker", "quixstreams", "aiokafka-loop")
+CASES = ("plain-faust", "worker", "quixstreams", "aiokafka-loop", "cache")
 
 
 def main() -> None:
@@ -363,13 +495,20 @@ def main() -> None:
     parser.add_argument("--no-ceiling", action="store_true", help="skip the broker-sends measurement")
     parser.add_argument("--profile", help="record each case's process with py-spy, into this folder")
     parser.add_argument("--out", help="result file (default: bench/results/stream-cpu.json)")
+    parser.add_argument("--repeats", default="0,30,90", help="cache cases: percent of repeated reviews")
+    parser.add_argument("--cache-n", type=int, default=20000, help="cache cases: backlog size")
+    parser.add_argument(
+        "--model-ms", type=float, default=0.25, help="cache cases: model ms per computed review"
+    )
+    parser.add_argument("--cache-url", default="memory://", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-model-ms", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--serve", choices=["worker", "plain-faust", "aiokafka-loop"], help=argparse.SUPPRESS)
     parser.add_argument("--brokers", help=argparse.SUPPRESS)
     parser.add_argument("--tag", help=argparse.SUPPRESS)
     parser.add_argument("--web-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.brokers, args.tag, args.web_port)
+        serve(args.serve, args.brokers, args.tag, args.web_port, args.cache_url, args.serve_model_ms)
         return
     cases = [c for c in args.cases.split(",") if c]
     if unknown := set(cases) - set(CASES):
@@ -389,10 +528,15 @@ def main() -> None:
               "versions": versions(args.quix_python if "quixstreams" in cases else None)}  # fmt: skip
     records: list[dict[str, Any]] = []
     runs: dict[str, list[dict[str, Any]]] = {case: [] for case in cases}
+    cache_case = "cache" in cases
+    cases = [c for c in cases if c != "cache"]
+    runs = {case: [] for case in cases}
     with DevBroker(free_port()) as broker:
         for _ in range(args.repeat):
             for case in cases:
                 runs[case].append(run_case(case, broker.bootstrap, texts, args))
+        if cache_case:
+            records += cache_records(broker.bootstrap, reviews, args, common)
         ceiling = None if args.no_ceiling else asyncio.run(broker_sends(broker.bootstrap, texts[: args.n]))
     results = {case: median_run(r) for case, r in runs.items()}
     baseline = "plain-faust" if "plain-faust" in results else None

@@ -31,7 +31,8 @@ import threading
 import time
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from hashlib import blake2b
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 from urllib.parse import urlsplit
 
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Key = bytes | str
+"""A shared store's key. The in-process LRU takes any hashable key: :class:`CachedClassifier` gives it
+the ids' bytes themselves, which hash faster than any digest (they never leave the process)."""
 CacheName = Literal["result", "embedding"]
 Outcome = Literal["hit", "miss", "error"]
 Observer = Callable[[str, str, int], None]
@@ -61,18 +64,18 @@ REDIS_SCHEMES = ("redis", "rediss", "unix")
 class CacheStore(Protocol):
     """Bytes by key, bounded in time. Never raises for an unavailable backend: it degrades."""
 
-    def get_many(self, keys: Sequence[Key]) -> list[bytes | None] | None:
+    def get_many(self, keys: Sequence[Any]) -> list[bytes | None] | None:
         """The value of each key (None: absent or expired); None when the store cannot answer now."""
         ...
 
-    def set_many(self, items: Sequence[tuple[Key, bytes]]) -> None:
+    def set_many(self, items: Sequence[tuple[Any, bytes]]) -> None:
         """Store every item with the store's TTL; dropped when the store cannot take them now."""
         ...
 
     def close(self) -> None: ...
 
 
-def _bytes(key: Key) -> bytes:
+def _bytes(key: Hashable) -> Hashable:
     return key.encode() if isinstance(key, str) else key
 
 
@@ -89,35 +92,40 @@ class LRUCache:
         if not ttl_s > 0:
             raise ConfigError(f"cache ttl_s must be positive; got {ttl_s}")
         self.max_entries, self.ttl_s, self.clock = max_entries, ttl_s, clock
-        self._data: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()  # key → (expires, value)
+        self._data: OrderedDict[Hashable, tuple[float, bytes]] = OrderedDict()  # key → (expires, value)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._data)
 
-    def get_many(self, keys: Sequence[Key]) -> list[bytes | None]:
+    def get_many(self, keys: Sequence[Hashable]) -> list[bytes | None]:
         now = self.clock()
         out: list[bytes | None] = []
+        data, append = self._data, out.append
         with self._lock:
             for key in map(_bytes, keys):
-                entry = self._data.get(key)
-                if entry is not None and entry[0] <= now:
-                    del self._data[key]
-                    entry = None
-                if entry is not None:
-                    self._data.move_to_end(key)
-                out.append(None if entry is None else entry[1])
+                entry = data.get(key)
+                if entry is None:
+                    append(None)
+                elif entry[0] <= now:
+                    del data[key]
+                    append(None)
+                else:
+                    data.move_to_end(key)
+                    append(entry[1])
         return out
 
-    def set_many(self, items: Sequence[tuple[Key, bytes]]) -> None:
+    def set_many(self, items: Sequence[tuple[Hashable, bytes]]) -> None:
         expires = self.clock() + self.ttl_s
+        data = self._data
         with self._lock:
             for key, value in items:
                 k = _bytes(key)
-                self._data[k] = (expires, value)
-                self._data.move_to_end(k)
-            while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
+                if k in data:  # a new key goes to the end by itself
+                    data.move_to_end(k)
+                data[k] = (expires, value)
+            while len(data) > self.max_entries:
+                data.popitem(last=False)
 
     def close(self) -> None:
         with self._lock:
@@ -254,9 +262,12 @@ def open_cache(
 
 def _ids_bytes(ids: Sequence[int]) -> bytes:
     a = array("I", ids)  # token ids and UTF-8 bytes both fit in 32 bits
-    if sys.byteorder != "little":
+    if BIG_ENDIAN:
         a.byteswap()  # one key layout on every machine sharing a Redis
     return a.tobytes()
+
+
+BIG_ENDIAN = sys.byteorder != "little"
 
 
 class CachedClassifier:
@@ -293,18 +304,24 @@ class CachedClassifier:
             identity = (i.kind, i.name, i.version, i.dtype, i.labels)
         self.identity = identity
         self._prefix = f"{namespace}:{self.cache}:{FORMAT}:".encode()
-        self._hash = hashlib.blake2b(orjson.dumps(identity), digest_size=16)
+        self._local = isinstance(store, LRUCache)
+        # the identity keys the hash (blake2b's own key): one call per text, nothing copied
+        self._identity = hashlib.blake2b(orjson.dumps(identity), digest_size=32).digest()
 
     def __getattr__(self, name: str) -> Any:
         if name == "inner":  # not set yet (copy, pickle): no recursion
             raise AttributeError(name)
         return getattr(self.inner, name)
 
-    def key(self, ids: Sequence[int]) -> bytes:
-        """The store key of one tokenised text."""
-        h = self._hash.copy()
-        h.update(_ids_bytes(ids))
-        return self._prefix + h.hexdigest().encode()
+    def key(self, ids: Sequence[int]) -> Hashable:
+        """The store key of one tokenised text: in the process, the identity's digest and the ids'
+        bytes (a bytes object caches its hash: the LRU's several lookups cost one); for a shared
+        store, a digest of both (a few µs more, and short keys)."""
+        if self._local:
+            return self._identity[:8] + _ids_bytes(ids)
+        return (
+            self._prefix + blake2b(_ids_bytes(ids), digest_size=16, key=self._identity).hexdigest().encode()
+        )
 
     # --- the Classifier protocol ------------------------------------------------------------------
 
@@ -348,9 +365,9 @@ class CachedClassifier:
         index, features, _ = self._embed(tok)
         return features[index]
 
-    def _lookup(self, keys: list[bytes]) -> tuple[dict[bytes, int], list[bytes | None] | None]:
+    def _lookup(self, keys: list[Hashable]) -> tuple[dict[Hashable, int], list[bytes | None] | None]:
         """Distinct keys (→ their first row) and each one's stored value (None: the store failed)."""
-        first: dict[bytes, int] = {}
+        first: dict[Hashable, int] = {}
         for row, key in enumerate(keys):
             first.setdefault(key, row)
         return first, self.store.get_many(list(first))
