@@ -13,7 +13,7 @@ from models.extras import require_extra
 from models.manifest import MANIFEST
 
 DEMO_NAME = "demo-qwen3-snownlp"
-DEMO_VERSION = "2"  # 2: distilled from the n-gram teacher
+DEMO_VERSION = "3"  # 2: distilled from the n-gram teacher; 3: that teacher fitted by scikit-learn
 DEFAULT_NAME = f"{DEMO_NAME}-v{DEMO_VERSION}"
 
 
@@ -30,6 +30,7 @@ def require_default_checkpoint(home: Path) -> None:
         require_extra(
             f"training the demo model (no --checkpoint given, and {path} is not there yet)",
             "matplotlib",
+            "sklearn",
             otherwise="give --checkpoint DIR",
         )
 

@@ -5,7 +5,7 @@ Texts are embedded once through the serving engine (the Qwen3-Embedding recipe: 
 disk, keyed by the base model, instruction, dimensions, max length, dtype and the texts. The head
 is then fitted on the cached vectors in seconds:
 
-- ``linear`` (default): multinomial logistic regression by full-batch L-BFGS with balanced class
+- ``linear`` (default): multinomial logistic regression (scikit-learn's lbfgs) with balanced class
   weights; its L2 strength is chosen on the dev split by macro-F1.
 - ``mlp``: Linear → GELU → Linear with AdamW, the best epoch on dev kept.
 """
@@ -41,6 +41,7 @@ from models.training.reporting import report_checkpoint
 from schemas.errors import ConfigError
 
 L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2)
+MISSING_CLASS_LOGIT = -1e4  # the intercept of a class with no training text: probability 0
 CHUNK = 1024  # texts per engine call (one progress-bar step)
 CACHE_TTL_S = 86_400.0  # --cache-url entries: the worker's default --cache-ttl-s
 
@@ -143,21 +144,42 @@ def class_weights(y: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def fit_linear(x: torch.Tensor, y: torch.Tensor, k: int, l2: float, weights: torch.Tensor) -> nn.Sequential:
-    """Multinomial logistic regression, L2-regularised, by full-batch L-BFGS."""
+    """Logistic regression on ``x`` minimising the ``weights``-weighted mean cross-entropy plus
+    ``l2 · ‖W‖²`` (the intercepts not penalised): scikit-learn's ``LogisticRegression`` (lbfgs),
+    copied into the ``nn.Linear`` head an ``embedding-head`` checkpoint stores.
+
+    scikit-learn minimises ``C · Σ sᵢ · CEᵢ + ½ ‖β‖²`` with sample weights ``sᵢ = weights[yᵢ]``, so
+    ``C = 1 / (2 · l2 · Σ sᵢ)`` for three or more classes. Two classes are one row ``β`` with the
+    logit ``z`` of the second; the [k, d] equivalent is ``W = [-β/2, β/2]`` (the same softmax, and
+    the least ‖W‖² among all that give it), whose penalty ``l2 · ‖β‖² / 2`` makes
+    ``C = 1 / (l2 · Σ sᵢ)``. A class with no training text gets a zero row and a very negative
+    intercept (probability 0): the objective's infimum, as its unpenalised intercept runs to -∞.
+    """
+    from sklearn.linear_model import LogisticRegression  # the [train] extra, required by train head
+
     head = build_head("linear", x.shape[1], k)
     linear = head[0]
     assert isinstance(linear, nn.Linear)
-    nn.init.zeros_(linear.weight)
-    nn.init.zeros_(linear.bias)
-    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(head(x), y, weight=weights) + l2 * linear.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    sample_weight = weights.cpu()[y.cpu()].double()
+    present = sorted(set(y.tolist()))
+    weight = torch.zeros(k, x.shape[1], dtype=torch.float64)
+    bias = torch.full((k,), MISSING_CLASS_LOGIT, dtype=torch.float64)
+    if len(present) == 1:  # nothing to separate: every text is that class
+        bias[present[0]] = 0.0
+    else:
+        binary = len(present) == 2
+        # tol 1e-6: the objective's minimum to ~6 digits (the default 1e-4 can stop short of it)
+        model = LogisticRegression(
+            C=1 / ((1 if binary else 2) * l2 * float(sample_weight.sum())), tol=1e-6, max_iter=1000
+        )
+        model.fit(x.detach().float().cpu().numpy(), y.cpu().numpy(), sample_weight=sample_weight.numpy())
+        coef, intercept = torch.from_numpy(model.coef_).double(), torch.from_numpy(model.intercept_).double()
+        if binary:
+            coef, intercept = torch.cat([-coef, coef]) / 2, torch.cat([-intercept, intercept]) / 2
+        weight[present], bias[present] = coef, intercept
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
     return head.eval()
 
 

@@ -561,7 +561,7 @@ def train(
     if preset is None:
         click.echo(ctx.get_help(), err=True)
         raise click.UsageError("give a subcommand (head, lora) or --preset demo")
-    require_extra("sentiment train --preset demo", "matplotlib")
+    require_extra("sentiment train --preset demo", "matplotlib", "sklearn")
     _setup_logging("warning")
     run_demo_preset(load_settings(**options).home, out, epochs, limit)
 
