@@ -10,6 +10,8 @@ and committing:
   ``getmany`` in batches (``worker/kafka/consumer.py``), tokenising on its own thread, up to
   ``--max-in-flight`` micro-batches at once, each batch's results sent as one record batch per
   partition with the acknowledgements awaited once, offsets committed as they are acknowledged.
+- ``worker-nocache``: the same with ``--cache-url off`` (the default in-process cache's cost: with
+  the backlog's texts cycling through more distinct texts than ``--cache-size``, every lookup misses).
 - ``quixstreams``: a quixstreams application (``bench/quix_peer.py``) doing the same consume →
   JSON decode → label → produce with at-least-once commits. quixstreams is not a dependency of
   the project: the case runs with the interpreter of its own virtual environment
@@ -305,6 +307,8 @@ def case_command(case: str, brokers: str, tag: str, port: int, args: argparse.Na
         return [str(args.quix_python), "-W", "ignore", str(Path(__file__).resolve().parent / "quix_peer.py"),
                 "--brokers", brokers, "--input", f"in-{tag}", "--output", f"out-{tag}",
                 "--group", f"bench-{tag}"]  # fmt: skip
+    if case == "worker-nocache":
+        return [*case_command("worker", brokers, tag, port, args), "--cache-url", "off"]
     return [sys.executable, __file__, "--serve", case, "--brokers", brokers, "--tag", tag,
             "--web-port", str(port)]  # fmt: skip
 
@@ -477,7 +481,7 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-CASES = ("plain-faust", "worker", "quixstreams", "aiokafka-loop", "cache")
+CASES = ("plain-faust", "worker", "worker-nocache", "quixstreams", "aiokafka-loop", "cache")
 
 
 def main() -> None:
