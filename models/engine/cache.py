@@ -82,7 +82,10 @@ def _bytes(key: Hashable) -> Hashable:
 class LRUCache:
     """In the process: at most ``max_entries`` entries, each a miss ``ttl_s`` after it was written.
 
-    Thread-safe (one lock): the worker's model thread and a trainer may share it."""
+    Thread-safe (one lock): the worker's model thread and a trainer may share it. Values are kept as
+    given (bytes, or any object: nothing leaves the process, so results are not serialised)."""
+
+    shared = False  # CachedClassifier: keys need no digest, values no serialising or checking
 
     def __init__(
         self, *, max_entries: int, ttl_s: float, clock: Callable[[], float] = time.monotonic
@@ -92,15 +95,15 @@ class LRUCache:
         if not ttl_s > 0:
             raise ConfigError(f"cache ttl_s must be positive; got {ttl_s}")
         self.max_entries, self.ttl_s, self.clock = max_entries, ttl_s, clock
-        self._data: OrderedDict[Hashable, tuple[float, bytes]] = OrderedDict()  # key → (expires, value)
+        self._data: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()  # key → (expires, value)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._data)
 
-    def get_many(self, keys: Sequence[Hashable]) -> list[bytes | None]:
+    def get_many(self, keys: Sequence[Hashable]) -> list[Any]:
         now = self.clock()
-        out: list[bytes | None] = []
+        out: list[Any] = []
         data, append = self._data, out.append
         with self._lock:
             for key in map(_bytes, keys):
@@ -115,7 +118,7 @@ class LRUCache:
                     append(entry[1])
         return out
 
-    def set_many(self, items: Sequence[tuple[Hashable, bytes]]) -> None:
+    def set_many(self, items: Sequence[tuple[Hashable, Any]]) -> None:
         expires = self.clock() + self.ttl_s
         data = self._data
         with self._lock:
@@ -141,6 +144,8 @@ class RedisCache:
     cool-down of ``cooldown_s`` in which the store is not asked at all: a Redis that hangs costs
     one short timeout per cool-down, not one per batch. The client never retries by itself.
     """
+
+    shared = True  # other processes read it: digest keys, serialised values checked when read
 
     def __init__(
         self, client: redis.Redis, *, ttl_s: float, name: str, cooldown_s: float = 5.0,
@@ -304,7 +309,7 @@ class CachedClassifier:
             identity = (i.kind, i.name, i.version, i.dtype, i.labels)
         self.identity = identity
         self._prefix = f"{namespace}:{self.cache}:{FORMAT}:".encode()
-        self._local = isinstance(store, LRUCache)
+        self._local = not getattr(store, "shared", True)  # in this process: raw keys, values as they are
         # the identity keys the hash (blake2b's own key): one call per text, nothing copied
         self._identity = hashlib.blake2b(orjson.dumps(identity), digest_size=32).digest()
 
@@ -381,17 +386,30 @@ class CachedClassifier:
                 self.observer(self.cache, outcome, count)
 
     def _results(self, tok: Tokenised) -> list[Prediction]:
+        """In the process the store holds (label, probabilities) tuples as they are; a shared store
+        holds them as JSON, checked when read."""
         keys = [self.key(ids) for ids in tok.ids]
         first, values = self._lookup(keys)
-        found = {} if values is None else {k: self._result(v) for k, v in zip(first, values, strict=True)}
-        answers = {k: r for k, r in found.items() if r is not None}
-        missed = [k for k in first if k not in answers]
+        answers: dict[Hashable, tuple[int, tuple[float, ...]]] = {}
+        if values is not None:
+            for k, v in zip(first, values, strict=True):
+                answer = (cast(Any, v) if self._local else self._result(v)) if v is not None else None
+                if answer is not None:
+                    answers[k] = answer
         self._observe(len(first), len(answers), values is None)
+        encode: Callable[[Any], Any] = (lambda a: a) if self._local else orjson.dumps
+        if not answers and len(first) == len(keys):  # all distinct, all missed: the model's answers
+            computed = self.inner.classify_tokenised(tok)
+            self.store.set_many(
+                [(k, encode((p.label_id, p.probabilities))) for k, p in zip(keys, computed, strict=True)]
+            )
+            return computed
+        missed = [k for k in first if k not in answers]
         if missed:
             computed = self.inner.classify_tokenised(tok.take([first[k] for k in missed]))
             for k, p in zip(missed, computed, strict=True):
                 answers[k] = (p.label_id, p.probabilities)
-            self.store.set_many([(k, orjson.dumps(answers[k])) for k in missed])
+            self.store.set_many([(k, encode(answers[k])) for k in missed])
         return [
             Prediction(*answers[k], truncated=t, n_tokens=len(ids))
             for k, ids, t in zip(keys, tok.ids, tok.truncated, strict=True)

@@ -200,6 +200,8 @@ def test_the_protocol_is_delegated_and_health_is_never_cached() -> None:
 class Store(LRUCache):
     """An LRU whose entries the test can spoil, or that fails (None) like a Redis in an outage."""
 
+    shared = True  # read like a shared store: digest keys, serialised values checked when read
+
     def __init__(self) -> None:
         super().__init__(max_entries=1000, ttl_s=60)
         self.down = False
