@@ -85,7 +85,8 @@ class RemoteOptions:
     request_size: int = 64  # texts per request
     request_tokens: int = 8192  # tokens (see the module docstring) per request
     in_flight: int = 4  # requests at once
-    timeout_s: float = 30.0  # per request
+    timeout_s: float = 20.0  # per request: 5 attempts stay under --stuck-batch-s (120 s), so a hung
+    # server shows as "model unavailable" (not ready), not as a hung model call (/healthz fails)
     retries: int = 4  # after the first attempt
     backoff_s: float = 0.25  # first retry's delay; doubles, with jitter, up to max_backoff_s
     max_backoff_s: float = 8.0

@@ -122,7 +122,8 @@ def test_a_slow_model_keeps_memory_bounded_while_lag_grows(
     try:
         wait_ready(port, proc, timeout_s=90)
         # at most 2 x 8 reviews per 0.2 s (80/s) can be classified; 3,000 arrive at once
-        send(broker, topics["input"], [SHORT] * n, "b")
+        # distinct texts: the worker's cache would answer repeats of one text without the model
+        send(broker, topics["input"], [f"{SHORT} {i}" for i in range(n)], "b")
         time.sleep(LAG_REFRESH_S)  # the lag gauge reads the partitions' end offsets this often
         pending, lags = [], []
         for _ in range(8):

@@ -79,7 +79,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 def test_two_workers_share_hits_and_a_redis_killed_under_load_loses_nothing(
     broker: str, topics: dict[str, str], start_worker: WorkerFactory, redis_server: RedisServer
 ) -> None:
-    texts = [r.text for r in sample_reviews(300, seed=21)]  # distinct texts
+    texts = [r.text for r in sample_reviews(200, seed=21)]  # distinct texts
     first = start_worker("--cache-url", redis_server.url, "--batch-size", "16")
     send(broker, topics["input"], texts, "a")
     assert len(result_counts(broker, topics["output"], len(texts), timeout_s=90)) == len(texts)
@@ -95,10 +95,10 @@ def test_two_workers_share_hits_and_a_redis_killed_under_load_loses_nothing(
     assert labels_by_text(broker, more[3], texts, "b") == labels_by_text(broker, topics["output"], texts, "a")
 
     # Redis killed while the second worker drains a backlog of new texts
-    backlog = [f"{t} #{i}" for i, t in enumerate(r.text for r in sample_reviews(3000, seed=22))]
+    backlog = [f"{t} #{i}" for i, t in enumerate(r.text for r in sample_reviews(2000, seed=22))]
     send(broker, more[1], backlog, "c")
     deadline = time.monotonic() + 60
-    while messages_out(web) < len(texts) + 300:
+    while messages_out(web) < len(texts) + 200:
         assert time.monotonic() < deadline, "the backlog did not start draining"
         time.sleep(0.05)
     redis_server.signal(signal.SIGKILL)
