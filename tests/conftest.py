@@ -61,13 +61,23 @@ def topics() -> dict[str, str]:
 
 
 FAULT_SUITE = "tests/faults/"
+# modules whose module-scoped fixtures are slow to build (trained checkpoints, hub-like bases, an
+# embeddings server): their tests stay on one worker, so each fixture is built once, not twice
+ONE_WORKER_MODULES = (
+    "tests/model/test_hub_bases.py",
+    "tests/model/test_trainers.py",
+    "tests/model/test_embedding_head.py",
+    "tests/integration/test_trained_checkpoints.py",
+    "tests/integration/test_remote_embeddings.py",
+)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Under the README's `-n 2 --dist loadgroup` the fault suite runs on one xdist worker, one test
     at a time, as its sizes were chosen for; the other tests are shared out between both workers
-    (each worker starts its own dev broker).
+    (each worker starts its own dev broker); the tests of each of ``ONE_WORKER_MODULES`` go to
+    one worker together, so their module fixtures are built once.
 
     xdist's own loadgroup marks a group by renaming ``item._nodeid``, which pytest 9.2 no longer
     reads (``nodeid`` comes from ``_id``), so its groups fell apart silently and the fault tests
@@ -80,6 +90,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         def _split_scope(self, nodeid: str) -> str:
             if nodeid.startswith(FAULT_SUITE):
                 return FAULT_SUITE
+            module = nodeid.split("::", 1)[0]
+            if module in ONE_WORKER_MODULES:
+                return module
             return str(super()._split_scope(nodeid))
 
     return FaultSuiteTogether(config, log)
