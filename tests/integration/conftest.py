@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,10 +18,34 @@ import pytest
 
 from schemas.errors import SentimentError
 from worker.commands.demo import wait_ready
-from worker.kafka.clients import consume
+from worker.kafka.clients import consume, produce_values
 from worker.ports import free_port
 
 WorkerFactory = Callable[..., subprocess.Popen[bytes]]
+
+
+def metrics(port: int) -> str:
+    """A worker's /metrics text."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """One sample's value from Prometheus text (labels in the exposition's order)."""
+    inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = rf"^{re.escape(name)}{re.escape('{' + inner + '}') if labels else ''} (\S+)$"
+    found = re.search(pattern, text, re.M)
+    assert found, f"{name} {labels} not in /metrics"
+    return float(found.group(1))
+
+
+def send(broker: str, topic: str, texts: list[str], prefix: str) -> None:
+    """Each text as a review with the id ``{prefix}{i}``, keyed by it; acknowledged."""
+    values = [
+        (f"{prefix}{i}".encode(), orjson.dumps({"id": f"{prefix}{i}", "text": t}))
+        for i, t in enumerate(texts)
+    ]
+    asyncio.run(produce_values(broker, topic, values))
 
 
 async def result_ids(broker: str, topic: str) -> list[str]:

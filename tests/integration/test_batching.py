@@ -13,15 +13,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import orjson
 import pytest
 from tokenizers import Tokenizer
 
-from tests.integration.conftest import WorkerFactory, result_ids
+from tests.integration.conftest import WorkerFactory, metrics, result_ids, sample, send
 from worker.app import LAG_REFRESH_S
 from worker.commands.demo import wait_ready
 from worker.kafka.admin import create_topics
-from worker.kafka.clients import produce_values
 from worker.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -30,28 +28,6 @@ SHORT = "好评"  # 2 tokens
 LONG = (
     "这个手机很好用，电池也很耐用，屏幕清晰，物流很快，包装也很好，客服态度不错，值得购买。" * 4
 )  # 64 tokens
-
-
-def metrics(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        return str(resp.read().decode())
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """One sample's value from Prometheus text (labels in the exposition's order)."""
-    inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = rf"^{re.escape(name)}{re.escape('{' + inner + '}') if labels else ''} (\S+)$"
-    found = re.search(pattern, text, re.M)
-    assert found, f"{name} {labels} not in /metrics"
-    return float(found.group(1))
-
-
-def send(broker: str, topic: str, texts: list[str], prefix: str) -> None:
-    values = [
-        (f"{prefix}{i}".encode(), orjson.dumps({"id": f"{prefix}{i}", "text": t}))
-        for i, t in enumerate(texts)
-    ]
-    asyncio.run(produce_values(broker, topic, values))
 
 
 def wait_results(broker: str, topic: str, n: int, timeout_s: float = 60) -> None:

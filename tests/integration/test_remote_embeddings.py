@@ -37,7 +37,7 @@ from models.engine.remote import (
     RemoteOptions,
 )
 from models.manifest import Manifest
-from tests.integration.conftest import WorkerFactory, result_counts
+from tests.integration.conftest import WorkerFactory, metrics, result_counts, sample
 from tests.integration.embedding_server import SERVED_NAME, InfinityServer, infinity, require_server
 from worker.kafka.clients import consume, produce_values
 from worker.ports import free_port
@@ -195,11 +195,6 @@ def _readyz(port: int) -> dict[str, object]:
     return body
 
 
-def _metric(port: int, line_start: str) -> float:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
-
-
 def _poll(what: str, check: Callable[[], bool], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
@@ -227,11 +222,11 @@ def test_the_worker_serves_through_the_server_and_waits_out_its_outage(
         web = worker.web_port  # type: ignore[attr-defined]
         asyncio.run(produce_values(broker, topics["input"], messages[:200]))
         result_counts(broker, topics["output"], 200, timeout_s=60)
-        assert _metric(web, 'sentiment_embedding_requests_total{outcome="200"}') > 0
+        assert sample(metrics(web), "sentiment_embedding_requests_total", outcome="200") > 0
         running.kill()
         asyncio.run(produce_values(broker, topics["input"], messages[200:]))  # a backlog meets the outage
         _poll("not ready", lambda: _readyz(web)["model"] == "unavailable", timeout_s=30)
-        assert _metric(web, 'sentiment_embedding_requests_total{outcome="connect"}') > 0
+        assert sample(metrics(web), "sentiment_embedding_requests_total", outcome="connect") > 0
     with infinity(base, tmp_path / "server-2.log", port=port):
         counts = result_counts(broker, topics["output"], len(reviews), timeout_s=120)
         _poll("ready again", lambda: _readyz(web)["ready"] is True, timeout_s=30)
