@@ -5,7 +5,7 @@
 - :func:`schemas.messages.result_encoder` against the pydantic :class:`SentimentResult` and the
   JSON schema.
 - :func:`worker.batching.scheduler.cut_by_tokens` (bisect on running sums) against a loop.
-- :func:`worker.kafka.publisher.murmur2` against aiokafka's (Kafka's default partitioner).
+- :func:`worker.kafka.publisher.murmur2_many` against aiokafka's murmur2 (Kafka's default partitioner).
 - :func:`worker.metrics.observe_many` against one ``observe`` per value.
 - :class:`worker.kafka.offsets.OffsetBook`'s bulk calls against one call per offset.
 """
@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+import uuid
 from typing import Any
 
 import jsonschema
@@ -29,7 +30,7 @@ from schemas.generate import SCHEMA_DIR
 from schemas.messages import ModelRef, SentimentResult, decode_review, result_encoder, review_fields
 from worker.batching.scheduler import cut_by_tokens
 from worker.kafka.offsets import OffsetBook
-from worker.kafka.publisher import murmur2
+from worker.kafka.publisher import murmur2, murmur2_many
 from worker.metrics import LATENCY_BUCKETS, observe_many
 
 REVIEW_SCHEMA = jsonschema.Draft202012Validator(json.loads((SCHEMA_DIR / "review.schema.json").read_text()))
@@ -219,6 +220,11 @@ def test_murmur2_is_kafkas() -> None:
     keys += [os.urandom(n) for n in range(300) for _ in range(3)] + [rng.randbytes(5000)]
     for key in keys:
         assert murmur2(key) == kafka_murmur2(key), key
+    rng.shuffle(keys)  # one batch of every length mixed, as the publisher hashes a micro-batch's keys
+    assert murmur2_many(keys) == [kafka_murmur2(key) for key in keys]
+    uuids = [str(uuid.UUID(int=rng.getrandbits(128))).encode() for _ in range(256)]  # one length
+    assert murmur2_many(uuids) == [kafka_murmur2(key) for key in uuids]
+    assert murmur2_many([]) == []
 
 
 def histogram_samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
