@@ -17,6 +17,14 @@ instruction prefix included, and for a cut text exactly what the model sees):
 Where the entries live is a :class:`CacheStore`: :class:`LRUCache` in the process (the default), or
 :class:`RedisCache`, shared by every worker. The cache is an optimisation, never a dependency: a
 store that fails answers "all miss" and drops writes, so an outage costs compute, never a review.
+
+In the process the lookup happens earlier, when texts are tokenised (:meth:`CachedClassifier.tokenise`),
+by the text itself: an entry holds the text's ids and ``truncated`` with its answer, so a hit skips
+the tokenizer as well as the model, and no key is built from the ids (a ``str`` caches its hash).
+The answers found travel with the ids (:class:`CachedTokenised`) to
+:meth:`CachedClassifier.classify_tokenised`, which computes only the misses. A shared store is keyed
+by the ids, as every process (and ``train head``) tokenises alike but a digest of the ids is what
+the key can hold.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import time
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from hashlib import blake2b
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 from urllib.parse import urlsplit
@@ -265,6 +274,11 @@ def open_cache(
     )
 
 
+def _plain(tok: Tokenised) -> Tokenised:
+    """The ids and flags alone, for the inner engine."""
+    return tok if type(tok) is Tokenised else Tokenised(tok.ids, tok.truncated)
+
+
 def _ids_bytes(ids: Sequence[int]) -> bytes:
     a = array("I", ids)  # token ids and UTF-8 bytes both fit in 32 bits
     if BIG_ENDIAN:
@@ -273,6 +287,27 @@ def _ids_bytes(ids: Sequence[int]) -> bytes:
 
 
 BIG_ENDIAN = sys.byteorder != "little"
+
+
+@dataclass(frozen=True, slots=True)
+class CachedTokenised(Tokenised):
+    """Texts tokenised by :meth:`CachedClassifier.tokenise` with an in-process store: each text's key
+    and what the store held for it then (``(ids as a tuple, truncated, answer)``; None: a miss,
+    tokenised)."""
+
+    keys: list[Hashable]
+    found: list[Any]
+
+    def take(self, index: Sequence[int]) -> CachedTokenised:
+        return CachedTokenised(
+            [self.ids[i] for i in index], [self.truncated[i] for i in index],
+            [self.keys[i] for i in index], [self.found[i] for i in index],
+        )  # fmt: skip
+
+    def part(self, start: int, stop: int) -> CachedTokenised:
+        return CachedTokenised(
+            self.ids[start:stop], self.truncated[start:stop], self.keys[start:stop], self.found[start:stop]
+        )
 
 
 class CachedClassifier:
@@ -309,9 +344,10 @@ class CachedClassifier:
             identity = (i.kind, i.name, i.version, i.dtype, i.labels)
         self.identity = identity
         self._prefix = f"{namespace}:{self.cache}:{FORMAT}:".encode()
-        self._local = not getattr(store, "shared", True)  # in this process: raw keys, values as they are
+        self._local = not getattr(store, "shared", True)  # in this process: text keys, values as they are
         # the identity keys the hash (blake2b's own key): one call per text, nothing copied
         self._identity = hashlib.blake2b(orjson.dumps(identity), digest_size=32).digest()
+        self._tag = self._identity[:8]  # an in-process key: (tag, text)
 
     def __getattr__(self, name: str) -> Any:
         if name == "inner":  # not set yet (copy, pickle): no recursion
@@ -319,11 +355,11 @@ class CachedClassifier:
         return getattr(self.inner, name)
 
     def key(self, ids: Sequence[int]) -> Hashable:
-        """The store key of one tokenised text: in the process, the identity's digest and the ids'
-        bytes (a bytes object caches its hash: the LRU's several lookups cost one); for a shared
-        store, a digest of both (a few µs more, and short keys)."""
+        """The store key of one tokenised text: for a shared store, a digest of the identity and the
+        ids; in the process (ids that did not come through :meth:`tokenise`), the identity's digest
+        and the ids' bytes (a bytes object caches its hash: the LRU's several lookups cost one)."""
         if self._local:
-            return self._identity[:8] + _ids_bytes(ids)
+            return self._tag + _ids_bytes(ids)
         return (
             self._prefix + blake2b(_ids_bytes(ids), digest_size=16, key=self._identity).hexdigest().encode()
         )
@@ -331,7 +367,24 @@ class CachedClassifier:
     # --- the Classifier protocol ------------------------------------------------------------------
 
     def tokenise(self, texts: Sequence[str]) -> Tokenised:
-        return self.inner.tokenise(texts)
+        """The inner engine's tokenisation; with an in-process store, of the texts it does not hold
+        (see the module docstring)."""
+        if not self._local or not texts:
+            return self.inner.tokenise(texts)
+        tag = self._tag
+        keys: list[Hashable] = [(tag, text) for text in texts]
+        found: list[Any] = self.store.get_many(keys) or [None] * len(keys)  # in the process: never None
+        missing = [i for i, entry in enumerate(found) if entry is None]
+        if len(missing) == len(texts):
+            tok = self.inner.tokenise(texts)
+            return CachedTokenised(tok.ids, tok.truncated, keys, found)
+        ids = [list(entry[0]) if entry is not None else [] for entry in found]
+        truncated = [entry[1] if entry is not None else False for entry in found]
+        if missing:
+            fresh = self.inner.tokenise([texts[i] for i in missing])
+            for j, i in enumerate(missing):
+                ids[i], truncated[i] = fresh.ids[j], fresh.truncated[j]
+        return CachedTokenised(ids, truncated, keys, found)
 
     def classify(self, texts: Sequence[str]) -> list[Prediction]:
         return self.classify_tokenised(self.tokenise(texts)) if texts else []
@@ -370,12 +423,34 @@ class CachedClassifier:
         index, features, _ = self._embed(tok)
         return features[index]
 
-    def _lookup(self, keys: list[Hashable]) -> tuple[dict[Hashable, int], list[bytes | None] | None]:
-        """Distinct keys (→ their first row) and each one's stored value (None: the store failed)."""
+    def _lookup(self, tok: Tokenised) -> tuple[list[Hashable], dict[Hashable, int], list[Any] | None]:
+        """Each row's key, the distinct keys (→ their first row), and each distinct key's stored
+        answer (None: a miss; the list None: the store failed). Texts from :meth:`tokenise` bring
+        what the in-process store held for them; other ids are looked up now."""
         first: dict[Hashable, int] = {}
+        if isinstance(tok, CachedTokenised):
+            answers: list[Any] = []
+            for row, (key, entry) in enumerate(zip(tok.keys, tok.found, strict=True)):
+                if key not in first:
+                    first[key] = row
+                    answers.append(None if entry is None else entry[2])
+            return tok.keys, first, answers
+        keys = [self.key(ids) for ids in tok.ids]
         for row, key in enumerate(keys):
             first.setdefault(key, row)
-        return first, self.store.get_many(list(first))
+        return keys, first, self.store.get_many(list(first))
+
+    def _write(
+        self, tok: Tokenised, keys: list[Hashable], rows: Sequence[int], values: Sequence[Any]
+    ) -> None:
+        """Store the computed ``values`` of ``rows``: by text with the ids (in the process), else by ids."""
+        if isinstance(tok, CachedTokenised):
+            ids, truncated = tok.ids, tok.truncated
+            # the ids as a tuple: of atomic values only, so the collector stops tracking the entry
+            entries = [(keys[r], (tuple(ids[r]), truncated[r], v)) for r, v in zip(rows, values, strict=True)]
+            self.store.set_many(cast(Any, entries))  # in the process: any value
+        else:
+            self.store.set_many([(keys[r], v) for r, v in zip(rows, values, strict=True)])
 
     def _observe(self, distinct: int, hits: int, failed: bool) -> None:
         if self.observer is None:
@@ -388,8 +463,7 @@ class CachedClassifier:
     def _results(self, tok: Tokenised) -> list[Prediction]:
         """In the process the store holds (label, probabilities) tuples as they are; a shared store
         holds them as JSON, checked when read."""
-        keys = [self.key(ids) for ids in tok.ids]
-        first, values = self._lookup(keys)
+        keys, first, values = self._lookup(tok)
         answers: dict[Hashable, tuple[int, tuple[float, ...]]] = {}
         if values is not None:
             for k, v in zip(first, values, strict=True):
@@ -399,17 +473,18 @@ class CachedClassifier:
         self._observe(len(first), len(answers), values is None)
         encode: Callable[[Any], Any] = (lambda a: a) if self._local else orjson.dumps
         if not answers and len(first) == len(keys):  # all distinct, all missed: the model's answers
-            computed = self.inner.classify_tokenised(tok)
-            self.store.set_many(
-                [(k, encode((p.label_id, p.probabilities))) for k, p in zip(keys, computed, strict=True)]
+            computed = self.inner.classify_tokenised(_plain(tok))
+            self._write(
+                tok, keys, range(len(keys)), [encode((p.label_id, p.probabilities)) for p in computed]
             )
             return computed
         missed = [k for k in first if k not in answers]
         if missed:
-            computed = self.inner.classify_tokenised(tok.take([first[k] for k in missed]))
+            rows = [first[k] for k in missed]
+            computed = self.inner.classify_tokenised(_plain(tok.take(rows)))
             for k, p in zip(missed, computed, strict=True):
                 answers[k] = (p.label_id, p.probabilities)
-            self.store.set_many([(k, encode(answers[k])) for k in missed])
+            self._write(tok, keys, rows, [encode(answers[k]) for k in missed])
         return [
             Prediction(*answers[k], truncated=t, n_tokens=len(ids))
             for k, ids, t in zip(keys, tok.ids, tok.truncated, strict=True)
@@ -437,8 +512,7 @@ class CachedClassifier:
     def _embed(self, tok: Tokenised) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(each row's position in the features, the misses' features then the hits', the misses'
         logits). The misses run in one inner call; their features are written back."""
-        keys = [self.key(ids) for ids in tok.ids]
-        first, values = self._lookup(keys)
+        keys, first, values = self._lookup(tok)
         width = 4 * self.dimensions  # float32
         sized = (
             []
@@ -447,10 +521,10 @@ class CachedClassifier:
         )
         hit_features = torch.empty(0, self.dimensions)
         if sized:
-            rows = torch.frombuffer(bytearray(b"".join(v for _, v in sized)), dtype=torch.float32)
-            rows = rows.view(len(sized), self.dimensions)
-            finite = torch.isfinite(rows).all(dim=1)
-            hit_features = rows[finite]
+            stored = torch.frombuffer(bytearray(b"".join(v for _, v in sized)), dtype=torch.float32)
+            stored = stored.view(len(sized), self.dimensions)
+            finite = torch.isfinite(stored).all(dim=1)
+            hit_features = stored[finite]
             sized = [kv for kv, ok in zip(sized, finite.tolist(), strict=True) if ok]
         hits = [k for k, _ in sized]
         hit_set = set(hits)
@@ -460,14 +534,13 @@ class CachedClassifier:
         miss_logits = torch.empty(0, len(self.info.labels))
         if missed:
             engine: Any = self.inner
-            inference: Inference = engine.infer_tokenised(
-                tok.take([first[k] for k in missed]), keep_features=True
-            )
+            rows = [first[k] for k in missed]
+            inference: Inference = engine.infer_tokenised(_plain(tok.take(rows)), keep_features=True)
             assert inference.features is not None
             miss_features = inference.features.float().contiguous()
             miss_logits = inference.logits
             blob = ctypes.string_at(miss_features.data_ptr(), miss_features.nbytes)
-            self.store.set_many([(k, blob[j * width : (j + 1) * width]) for j, k in enumerate(missed)])
+            self._write(tok, keys, rows, [blob[j * width : (j + 1) * width] for j in range(len(missed))])
         position = {k: j for j, k in enumerate([*missed, *hits])}
         index = torch.tensor([position[k] for k in keys], dtype=torch.int64)
         return index, torch.cat([miss_features, hit_features]), miss_logits

@@ -80,6 +80,10 @@ class Tokenised:
         """The texts at ``index``, in that order."""
         return Tokenised([self.ids[i] for i in index], [self.truncated[i] for i in index])
 
+    def part(self, start: int, stop: int) -> Tokenised:
+        """The texts ``start`` to ``stop`` (a micro-batch's share of what was tokenised at once)."""
+        return Tokenised(self.ids[start:stop], self.truncated[start:stop])
+
 
 @dataclass(frozen=True, slots=True)
 class Inference:

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from models.bases.tiny import build_tiny_embedding_base
-from models.engine.cache import CachedClassifier, LRUCache, RedisCache, open_cache, redact
+from models.engine.cache import CachedClassifier, CachedTokenised, LRUCache, RedisCache, open_cache, redact
 from models.engine.classifier import (
     EmbeddingHeadEngine,
     EngineInfo,
@@ -172,15 +172,45 @@ def test_result_cache_on_a_fake_engine_hits_skip_the_model_and_duplicates_run_on
     assert cached.classify([]) == [] and inner.calls == []
 
 
-def test_result_cache_takes_truncated_and_n_tokens_from_the_text_not_the_entry() -> None:
-    """A text cut at max_length and one exactly max_length long have the same ids (one entry)."""
+@pytest.mark.parametrize("shared", [False, True], ids=["in-process", "shared"])
+def test_result_cache_takes_truncated_and_n_tokens_from_the_text_not_the_entry(shared: bool) -> None:
+    """A text cut at max_length and one exactly max_length long have the same ids: one entry in a
+    shared store (keyed by ids), two in the process (keyed by text, each with its own ids); either
+    way each text keeps its own ``truncated``, and a repeat of either is a hit."""
     inner = FakeClassifier()
-    cached = CachedClassifier(inner, LRUCache(max_entries=100, ttl_s=60))
+    cached = CachedClassifier(inner, Store() if shared else LRUCache(max_entries=100, ttl_s=60))
     exact = "好" * inner.info.max_length
     [a] = cached.classify([exact + "多"])
     [b] = cached.classify([exact])
     assert (a.truncated, b.truncated) == (True, False)
-    assert a.probabilities == b.probabilities and len(inner.calls) == 1
+    assert a.probabilities == b.probabilities and len(inner.calls) == (1 if shared else 2)
+    [a2, b2] = cached.classify([exact + "多", exact])
+    assert (a2, b2) == (a, b) and len(inner.calls) == (1 if shared else 2)
+
+
+def test_a_micro_batchs_part_and_a_text_taken_alone_keep_what_the_store_held() -> None:
+    """The scheduler cuts what was tokenised at once into micro-batches (``part``) and the pipeline
+    retries a failing batch text by text (``take``): both still know the hits, so the model sees
+    only the misses, and the answers are those of the uncached engine."""
+    inner = FakeClassifier()
+    seen, observer = recorder()
+    cached = CachedClassifier(inner, LRUCache(max_entries=100, ttl_s=60), observer=observer)
+    cached.classify(["好的", "差"])
+    inner.calls.clear()
+    seen.clear()
+    texts = ["好的", "差", "一般好", "好的", "新的"]
+    tok = cached.tokenise(texts)
+    part = tok.part(1, 4)  # 差, 一般好, 好的
+    assert isinstance(part, CachedTokenised)
+    assert cached.classify_tokenised(part) == FakeClassifier().classify(texts[1:4])
+    assert inner.calls == [["一般好"]] and seen == [("result", "hit", 2), ("result", "miss", 1)]
+    inner.calls.clear()
+    [alone] = cached.classify_tokenised(tok.take([4]))
+    assert [alone] == FakeClassifier().classify(["新的"]) and inner.calls == [["新的"]]
+    # ids that did not come through tokenise() are looked up by their ids (and miss the text entries)
+    inner.calls.clear()
+    assert cached.classify_tokenised(inner.tokenise(["差"])) == FakeClassifier().classify(["差"])
+    assert inner.calls == [["差"]]
 
 
 def test_the_protocol_is_delegated_and_health_is_never_cached() -> None:
@@ -188,7 +218,8 @@ def test_the_protocol_is_delegated_and_health_is_never_cached() -> None:
     cached = CachedClassifier(inner, LRUCache(max_entries=100, ttl_s=60))
     assert cached.info is inner.info and cached.inner is inner
     assert (cached.max_batch_tokens, cached.max_batch_size) == (inner.max_batch_tokens, inner.max_batch_size)
-    assert cached.tokenise(["ab"]) == inner.tokenise(["ab"])
+    tok, plain = cached.tokenise(["ab"]), inner.tokenise(["ab"])
+    assert (tok.ids, tok.truncated) == (plain.ids, plain.truncated)
     assert cached.gate is None  # any other attribute is the inner engine's
     assert cached.health() and cached.warm_up() == 0.0
     inner.broken = True
@@ -332,8 +363,8 @@ def counting(engine: Any, method: str) -> list[int]:
     calls: list[int] = []
     original = getattr(engine, method)
 
-    def counted(tok: Tokenised, **kw: Any) -> Any:
-        calls.append(len(tok.ids))
+    def counted(tok: Tokenised | Sequence[str], **kw: Any) -> Any:
+        calls.append(len(tok.ids) if isinstance(tok, Tokenised) else len(tok))
         return original(tok, **kw)
 
     setattr(engine, method, counted)
@@ -343,14 +374,23 @@ def counting(engine: Any, method: str) -> list[int]:
 def exercise(
     cached: CachedClassifier, plain: list[Prediction], calls: list[int], *, cut: bool = True
 ) -> None:
-    """All miss (duplicates once), then all hit without the model, then a mix; each equals ``plain``."""
+    """All miss (duplicates once), then all hit without the model, then a mix; each equals ``plain``.
+    With the in-process store, the repeat is not tokenised again either, and keeps its ids."""
     texts = [*TEXTS, TEXTS[0], TEXTS[3]]
-    tok = cached.tokenise(texts)
-    assert any(tok.truncated) == cut
-    same(cached.classify_tokenised(tok), plain)
-    assert calls == [len(TEXTS)]
-    same(cached.classify_tokenised(tok), plain)
-    assert calls == [len(TEXTS)], "the second call must be all hits"
+    tokenised = counting(cached.inner, "tokenise")
+    try:
+        tok = cached.tokenise(texts)
+        assert any(tok.truncated) == cut
+        same(cached.classify_tokenised(tok), plain)
+        assert calls == [len(TEXTS)]
+        again = cached.tokenise(texts)  # the same reviews again (a new batch)
+        assert (again.ids, again.truncated) == (tok.ids, tok.truncated)
+        if not cached.store.shared:
+            assert tokenised == [len(texts)], "hits are not tokenised again"
+        same(cached.classify_tokenised(again), plain)
+        assert calls == [len(TEXTS)], "the second call must be all hits"
+    finally:
+        del cached.inner.tokenise  # the instance attribute; the method again
     fresh = cached.tokenise(["全新的评论", TEXTS[2]])
     mixed = cached.classify_tokenised(fresh)
     same(mixed[1:], [plain[2]])

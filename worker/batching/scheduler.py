@@ -155,7 +155,7 @@ class BatchScheduler:
             batch = MicroBatch(
                 records=records[run.start : run.stop],
                 decoded=decoded[run.start : run.stop],
-                tokens=Tokenised(tokens.ids[start:stop], tokens.truncated[start:stop]),
+                tokens=tokens.part(start, stop),
                 closed_by="tokens" if n < len(runs) - 1 else closed_by,
             )
             self.metrics.batches.labels(closed_by=batch.closed_by).inc()
