@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from aiokafka.errors import (
     BrokerNotAvailableError,
@@ -197,6 +197,11 @@ class Topics:
     dlq: str
 
 
+_Results = tuple[
+    list[Outgoing], Sequence[Record], list[int], list[int], list[bool], list[tuple[Record, InvalidMessage]]
+]
+
+
 @dataclass(frozen=True, slots=True)
 class MicroBatch:
     """Records cut for one model call, with what was decoded and tokenised for them.
@@ -264,15 +269,56 @@ class BatchProcessor:
         The results go out in one call and, once all are acknowledged (the usual case), are
         accounted per batch; only those that fail become :class:`Delivery` items for the retrying
         path (:meth:`_deliver`), with the dead letters."""
-        predictions = iter(await self._classify(batch.tokens))
-        encode, ts_out = self.encode, self.clock_ms()
-        messages: list[Outgoing] = []
-        sources: list[Record] = []
-        ts_ins: list[int] = []
-        label_ids: list[int] = []
-        truncated: list[bool] = []
-        dead: list[tuple[Record, InvalidMessage]] = []
-        for rec, review in zip(batch.records, batch.decoded, strict=True):
+        preds = await self._classify(batch.tokens)
+        messages, sources, ts_ins, label_ids, truncated, dead = self._results(batch, preds, self.clock_ms())
+        letters = [self._dead_letter(rec, error) for rec, error in dead]
+        if letters:
+            results, first = await asyncio.gather(self._send_results(messages), self._send(letters))
+        else:
+            results, first = await self._send_results(messages), []
+        if results is None:  # every result acknowledged
+            self._account(ts_ins, label_ids, truncated)
+            await self._deliver(letters, first)
+            return
+        acked = [i for i, outcome in enumerate(results) if outcome is None]
+        self._account(
+            [ts_ins[i] for i in acked], [label_ids[i] for i in acked], [truncated[i] for i in acked]
+        )
+        failed = [i for i, outcome in enumerate(results) if outcome is not None]
+        again = [
+            Delivery(self.topics.output, messages[i], self._on_result(ts_ins[i], label_ids[i], truncated[i]),
+                     sources[i])
+            for i in failed
+        ]  # fmt: skip
+        await self._deliver(again + letters, [results[i] for i in failed] + first)
+
+    def _results(
+        self, batch: MicroBatch, preds: Sequence[Prediction | InvalidMessage], ts_out: int
+    ) -> _Results:
+        """The batch's results (messages, their records, ``ts_in``, label ids, truncated flags) and
+        its dead letters to be (record, why). The usual batch (every review valid and predicted,
+        every result encodable) is encoded in one pass per field; any other goes review by review."""
+        records, decoded, encode = batch.records, batch.decoded, self.encode
+        if len(preds) == len(records) and not any(isinstance(p, InvalidMessage) for p in preds):
+            ok = cast(Sequence[Prediction], preds)
+            reviews = cast(Sequence[ReviewFields], decoded)  # as many predictions as records: all valid
+            ts_ins = [
+                ts if (ts := review.get("ts")) is not None else rec.timestamp
+                for review, rec in zip(reviews, records, strict=True)
+            ]
+            try:
+                values = [
+                    encode(review, p.probabilities, p.truncated, ts_in, ts_out)
+                    for review, p, ts_in in zip(reviews, ok, ts_ins, strict=True)
+                ]
+            except (TypeError, ValueError):  # one is not encodable: find it below
+                pass
+            else:
+                messages = [(rec.key, v, list(rec.headers)) for rec, v in zip(records, values, strict=True)]
+                return messages, records, ts_ins, [p.label_id for p in ok], [p.truncated for p in ok], []
+        predictions = iter(preds)
+        messages, sources, ts_ins, label_ids, truncated, dead = [], [], [], [], [], []
+        for rec, review in zip(records, decoded, strict=True):
             if isinstance(review, InvalidMessage):
                 dead.append((rec, review))
                 continue
@@ -296,26 +342,7 @@ class BatchProcessor:
             truncated.append(pred.truncated)
         if next(predictions, None) is not None:
             raise ValueError("more predictions than valid reviews")
-        letters = [self._dead_letter(rec, error) for rec, error in dead]
-        if letters:
-            results, first = await asyncio.gather(self._send_results(messages), self._send(letters))
-        else:
-            results, first = await self._send_results(messages), []
-        if results is None:  # every result acknowledged
-            self._account(ts_ins, label_ids, truncated)
-            await self._deliver(letters, first)
-            return
-        acked = [i for i, outcome in enumerate(results) if outcome is None]
-        self._account(
-            [ts_ins[i] for i in acked], [label_ids[i] for i in acked], [truncated[i] for i in acked]
-        )
-        failed = [i for i, outcome in enumerate(results) if outcome is not None]
-        again = [
-            Delivery(self.topics.output, messages[i], self._on_result(ts_ins[i], label_ids[i], truncated[i]),
-                     sources[i])
-            for i in failed
-        ]  # fmt: skip
-        await self._deliver(again + letters, [results[i] for i in failed] + first)
+        return messages, sources, ts_ins, label_ids, truncated, dead
 
     async def _send_results(self, messages: list[Outgoing]) -> list[BaseException | None] | None:
         """Send a batch's results in one call; None when every one is acknowledged, else per
