@@ -19,12 +19,13 @@ Where the entries live is a :class:`CacheStore`: :class:`LRUCache` in the proces
 store that fails answers "all miss" and drops writes, so an outage costs compute, never a review.
 
 In the process the lookup happens earlier, when texts are tokenised (:meth:`CachedClassifier.tokenise`),
-by the text itself: an entry holds the text's ids and ``truncated`` with its answer, so a hit skips
-the tokenizer as well as the model, and no key is built from the ids (a ``str`` caches its hash).
-The answers found travel with the ids (:class:`CachedTokenised`) to
-:meth:`CachedClassifier.classify_tokenised`, which computes only the misses. A shared store is keyed
-by the ids, as every process (and ``train head``) tokenises alike but a digest of the ids is what
-the key can hold.
+by the text itself (the model's identity and the text: the same text is the same ids, cut or not,
+for one engine), so a hit skips the tokenizer as well as the model and no key is built from ids.
+An entry is what the text needs to be answered again: its :class:`Prediction` (a result), or its
+token count, ``truncated`` and embedding. What was found travels with the ids
+(:class:`CachedTokenised`; a hit's ids are empty, as none of it goes to the model) to
+:meth:`CachedClassifier.classify_tokenised`, which computes only the misses. A shared store is
+keyed by a digest of the ids, which every process (and ``train head``) computes alike.
 """
 
 from __future__ import annotations
@@ -292,8 +293,9 @@ BIG_ENDIAN = sys.byteorder != "little"
 @dataclass(frozen=True, slots=True)
 class CachedTokenised(Tokenised):
     """Texts tokenised by :meth:`CachedClassifier.tokenise` with an in-process store: each text's key
-    and what the store held for it then (``(ids as a tuple, truncated, answer)``; None: a miss,
-    tokenised)."""
+    and what the store held for it then (None: a miss, tokenised). A hit's ``ids`` are empty (none
+    of it goes to the model, and it costs a micro-batch's token budget nothing); its ``truncated``
+    is the entry's."""
 
     keys: list[Hashable]
     found: list[Any]
@@ -378,8 +380,11 @@ class CachedClassifier:
         if len(missing) == len(texts):
             tok = self.inner.tokenise(texts)
             return CachedTokenised(tok.ids, tok.truncated, keys, found)
-        ids = [list(entry[0]) if entry is not None else [] for entry in found]
-        truncated = [entry[1] if entry is not None else False for entry in found]
+        ids: list[list[int]] = [[] for _ in found]
+        at = 1 if self.cache == "embedding" else None  # an embedding entry: (n_tokens, truncated, features)
+        truncated = [
+            False if entry is None else (entry[at] if at is not None else entry.truncated) for entry in found
+        ]
         if missing:
             fresh = self.inner.tokenise([texts[i] for i in missing])
             for j, i in enumerate(missing):
@@ -396,7 +401,9 @@ class CachedClassifier:
             index, features, miss_logits = self._embed(tok)
             hits = features[len(miss_logits) :]
             logits = torch.cat([miss_logits, self._head(hits)]) if len(hits) else miss_logits
-            return Inference(logits[index], None, tok.truncated, [len(i) for i in tok.ids]).predictions()
+            return Inference(logits[index], None, tok.truncated, self._n_tokens(tok)).predictions()
+        if isinstance(tok, CachedTokenised):
+            return self._results_by_text(tok)
         return self._results(tok)
 
     def warm_up(self) -> float:
@@ -433,7 +440,7 @@ class CachedClassifier:
             for row, (key, entry) in enumerate(zip(tok.keys, tok.found, strict=True)):
                 if key not in first:
                     first[key] = row
-                    answers.append(None if entry is None else entry[2])
+                    answers.append(None if entry is None else entry[2])  # (n_tokens, truncated, features)
             return tok.keys, first, answers
         keys = [self.key(ids) for ids in tok.ids]
         for row, key in enumerate(keys):
@@ -444,10 +451,9 @@ class CachedClassifier:
         self, tok: Tokenised, keys: list[Hashable], rows: Sequence[int], values: Sequence[Any]
     ) -> None:
         """Store the computed ``values`` of ``rows``: by text with the ids (in the process), else by ids."""
-        if isinstance(tok, CachedTokenised):
+        if isinstance(tok, CachedTokenised):  # an embedding, with what its text's hit needs
             ids, truncated = tok.ids, tok.truncated
-            # the ids as a tuple: of atomic values only, so the collector stops tracking the entry
-            entries = [(keys[r], (tuple(ids[r]), truncated[r], v)) for r, v in zip(rows, values, strict=True)]
+            entries = [(keys[r], (len(ids[r]), truncated[r], v)) for r, v in zip(rows, values, strict=True)]
             self.store.set_many(cast(Any, entries))  # in the process: any value
         else:
             self.store.set_many([(keys[r], v) for r, v in zip(rows, values, strict=True)])
@@ -489,6 +495,38 @@ class CachedClassifier:
             Prediction(*answers[k], truncated=t, n_tokens=len(ids))
             for k, ids, t in zip(keys, tok.ids, tok.truncated, strict=True)
         ]
+
+    def _results_by_text(self, tok: CachedTokenised) -> list[Prediction]:
+        """The in-process store holds each text's :class:`Prediction` (the same text: the same ids,
+        ``truncated`` and ``n_tokens``); the misses run in one inner call, duplicates once."""
+        keys, found = tok.keys, tok.found
+        missing = [i for i, entry in enumerate(found) if entry is None]
+        hits = (
+            len({keys[i] for i, entry in enumerate(found) if entry is not None})
+            if len(missing) < len(keys)
+            else 0
+        )
+        if not missing:
+            self._observe(hits, hits, False)
+            return cast(list[Prediction], list(found))
+        first: dict[Hashable, int] = {}
+        for i in missing:
+            first.setdefault(keys[i], i)
+        self._observe(hits + len(first), hits, False)
+        if len(first) == len(keys):  # all distinct, all missed (a stream of new reviews)
+            computed = self.inner.classify_tokenised(_plain(tok))
+            self.store.set_many(cast(Any, list(zip(keys, computed, strict=True))))
+            return computed
+        computed = self.inner.classify_tokenised(_plain(tok.take(list(first.values()))))
+        self.store.set_many(cast(Any, list(zip(first, computed, strict=True))))
+        answer = dict(zip(first, computed, strict=True))
+        return [entry if entry is not None else answer[key] for key, entry in zip(keys, found, strict=True)]
+
+    def _n_tokens(self, tok: Tokenised) -> list[int]:
+        """Each text's token count: a hit's is its entry's (its ids are empty)."""
+        if isinstance(tok, CachedTokenised):
+            return [len(ids) if e is None else e[0] for ids, e in zip(tok.ids, tok.found, strict=True)]
+        return [len(ids) for ids in tok.ids]
 
     def _result(self, value: bytes | None) -> tuple[int, tuple[float, ...]] | None:
         """A stored result, or None where it is absent or not one of this model's (a miss)."""
