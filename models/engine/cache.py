@@ -311,6 +311,16 @@ class CachedTokenised(Tokenised):
             self.ids[start:stop], self.truncated[start:stop], self.keys[start:stop], self.found[start:stop]
         )
 
+    def join(self, others: Sequence[Tokenised]) -> CachedTokenised:
+        parts = [self, *others]
+        if not all(isinstance(p, CachedTokenised) for p in parts):
+            raise TypeError("texts tokenised by a CachedClassifier join only others tokenised by it")
+        cached = cast(list[CachedTokenised], parts)
+        return CachedTokenised(
+            [i for p in cached for i in p.ids], [t for p in cached for t in p.truncated],
+            [k for p in cached for k in p.keys], [f for p in cached for f in p.found],
+        )  # fmt: skip
+
 
 class CachedClassifier:
     """A :class:`~models.engine.classifier.Classifier` that asks ``store`` before ``inner``.

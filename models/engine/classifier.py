@@ -84,6 +84,11 @@ class Tokenised:
         """The texts ``start`` to ``stop`` (a micro-batch's share of what was tokenised at once)."""
         return Tokenised(self.ids[start:stop], self.truncated[start:stop])
 
+    def join(self, others: Sequence[Tokenised]) -> Tokenised:
+        """These texts, then those of each of ``others`` (tokenised the same way), in order."""
+        parts = [self, *others]
+        return Tokenised([i for p in parts for i in p.ids], [t for p in parts for t in p.truncated])
+
 
 @dataclass(frozen=True, slots=True)
 class Inference:

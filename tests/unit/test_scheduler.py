@@ -8,6 +8,7 @@ import threading
 import orjson
 from prometheus_client import CollectorRegistry
 
+from models.engine.cache import CachedClassifier, LRUCache
 from tests.unit.fakes import FakePublisher, Run, make, record
 
 
@@ -124,3 +125,25 @@ def test_a_text_the_tokenizer_fails_on_is_dead_lettered_alone() -> None:
     assert sorted(orjson.loads(v)["id"] for t, _, v, _ in pub.sent if t == "out") == ["0", "2"]
     [(_, _, _, headers)] = [s for s in pub.sent if s[0] == "dlq"]
     assert dict(headers)["error.reason"] == b"model_error" and dict(headers)["source.offset"] == b"1"
+
+
+def test_texts_tried_alone_after_a_tokenizer_failure_keep_their_cache_hits() -> None:
+    """The one-by-one retry joins what the cached classifier tokenised: a hit stays a hit (its ids
+    are empty; answered from the store, not by the model), a miss goes to the model."""
+    pub = FakePublisher()
+    proc, model = make(pub, CollectorRegistry())
+    proc.classifier = CachedClassifier(model, LRUCache(max_entries=100, ttl_s=60))
+    run = Run(proc)
+
+    async def go() -> None:
+        await run.all(reviews("好", "差"))
+        model.calls.clear()
+        await run.all(reviews("好", "untokenisable 好", "差", "新的好", first=2))
+
+    asyncio.run(go())
+    assert sorted(run.acked) == list(range(6))
+    results = {orjson.loads(v)["id"]: orjson.loads(v)["label"] for t, _, v, _ in pub.sent if t == "out"}
+    assert results == {"0": "positive", "1": "negative", "2": "positive", "4": "negative", "5": "positive"}
+    assert model.calls == [["新的好"]]  # the hits were not computed again
+    [(_, _, _, headers)] = [s for s in pub.sent if s[0] == "dlq"]
+    assert dict(headers)["source.offset"] == b"3"

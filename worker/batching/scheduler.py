@@ -182,7 +182,7 @@ class BatchScheduler:
             log.warning(
                 "tokenizer failed on a batch of %d texts (%r); trying them one by one", len(texts), exc
             )
-            ids, truncated = [], []
+            parts: list[Tokenised] = []
             for i, r in enumerate(decoded):
                 if isinstance(r, InvalidMessage):
                     continue
@@ -191,9 +191,9 @@ class BatchScheduler:
                 except Exception as alone:
                     decoded[i] = ModelError(f"tokenizer failed: {type(alone).__name__}: {alone}")
                     continue
-                ids += one.ids
-                truncated += one.truncated
-            return Tokenised(ids, truncated)
+                parts.append(one)
+            # joined as the classifier made them (a cached classifier's carry what its store held)
+            return parts[0].join(parts[1:]) if parts else Tokenised([], [])
         self.metrics.tokenise_seconds.observe(time.perf_counter() - started)
         return tokens
 
