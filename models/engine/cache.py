@@ -19,8 +19,9 @@ Where the entries live is a :class:`CacheStore`: :class:`LRUCache` in the proces
 store that fails answers "all miss" and drops writes, so an outage costs compute, never a review.
 
 In the process the lookup happens earlier, when texts are tokenised (:meth:`CachedClassifier.tokenise`),
-by the text itself (the model's identity and the text: the same text is the same ids, cut or not,
-for one engine), so a hit skips the tokenizer as well as the model and no key is built from ids.
+by the text itself (the model's identity and the text, or a digest of a text longer than a review:
+the same text is the same ids, cut or not, for one engine), so a hit skips the tokenizer as well as
+the model and no key is built from ids.
 An entry is what the text needs to be answered again: its :class:`Prediction` (a result), or its
 token count, ``truncated`` and embedding. What was found travels with the ids
 (:class:`CachedTokenised`; a hit's ids are empty, as none of it goes to the model) to
@@ -68,6 +69,9 @@ Observer = Callable[[str, str, int], None]
 not answer, or is in its cool-down after a failure: computed). Metrics: lookups by cache and outcome."""
 
 FORMAT = "v1"  # in every key: a change of the value layout starts from an empty cache
+# An in-process key holds its text up to this many characters (a review), a longer one's 16-byte
+# digest: the store is bounded by entries, and a text may be as long as --max-message-bytes.
+KEY_TEXT_CHARS = 1024
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
@@ -384,7 +388,10 @@ class CachedClassifier:
         if not self._local or not texts:
             return self.inner.tokenise(texts)
         tag = self._tag
-        keys: list[Hashable] = [(tag, text) for text in texts]
+        keys: list[Hashable] = [
+            (tag, text if len(text) <= KEY_TEXT_CHARS else blake2b(text.encode(), digest_size=16).digest())
+            for text in texts
+        ]
         found: list[Any] = self.store.get_many(keys) or [None] * len(keys)  # in the process: never None
         missing = [i for i, entry in enumerate(found) if entry is None]
         if len(missing) == len(texts):

@@ -19,7 +19,15 @@ import pytest
 import torch
 
 from models.bases.tiny import build_tiny_embedding_base
-from models.engine.cache import CachedClassifier, CachedTokenised, LRUCache, RedisCache, open_cache, redact
+from models.engine.cache import (
+    KEY_TEXT_CHARS,
+    CachedClassifier,
+    CachedTokenised,
+    LRUCache,
+    RedisCache,
+    open_cache,
+    redact,
+)
 from models.engine.classifier import (
     EmbeddingHeadEngine,
     EngineInfo,
@@ -211,6 +219,20 @@ def test_a_micro_batchs_part_and_a_text_taken_alone_keep_what_the_store_held() -
     inner.calls.clear()
     assert cached.classify_tokenised(inner.tokenise(["差"])) == FakeClassifier().classify(["差"])
     assert inner.calls == [["差"]]
+
+
+def test_an_in_process_entry_does_not_hold_a_long_text() -> None:
+    """Keys hold a review's text, but a longer text's digest: the store is bounded by entries, and a
+    text may be as long as --max-message-bytes, so keeping it would bound nothing."""
+    inner = FakeClassifier()
+    store = LRUCache(max_entries=100, ttl_s=60)
+    cached = CachedClassifier(inner, store)
+    long_text, short_text = "好" * 200_000, "好" * KEY_TEXT_CHARS
+    first = cached.classify([long_text, short_text])
+    assert sorted(len(key[1]) for key in store._data) == [16, KEY_TEXT_CHARS]
+    assert cached.classify([long_text, short_text]) == first and len(inner.calls) == 1  # both hits
+    cached.classify([long_text + "差"])  # another text, another digest: computed
+    assert len(inner.calls) == 2 and len(store) == 3
 
 
 def test_the_protocol_is_delegated_and_health_is_never_cached() -> None:
