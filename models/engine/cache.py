@@ -454,7 +454,7 @@ class CachedClassifier:
         first: dict[Hashable, int] = {}
         if isinstance(tok, CachedTokenised):
             answers: list[Any] = []
-            for row, (key, entry) in enumerate(zip(tok.keys, tok.found, strict=True)):
+            for row, (key, entry) in enumerate(zip(tok.keys, self._found_now(tok), strict=True)):
                 if key not in first:
                     first[key] = row
                     answers.append(None if entry is None else entry[2])  # (n_tokens, truncated, features)
@@ -516,7 +516,7 @@ class CachedClassifier:
     def _results_by_text(self, tok: CachedTokenised) -> list[Prediction]:
         """The in-process store holds each text's :class:`Prediction` (the same text: the same ids,
         ``truncated`` and ``n_tokens``); the misses run in one inner call, duplicates once."""
-        keys, found = tok.keys, tok.found
+        keys, found = tok.keys, self._found_now(tok)
         missing = [i for i, entry in enumerate(found) if entry is None]
         hits = (
             len({keys[i] for i, entry in enumerate(found) if entry is not None})
@@ -538,6 +538,21 @@ class CachedClassifier:
         self.store.set_many(cast(Any, list(zip(first, computed, strict=True))))
         answer = dict(zip(first, computed, strict=True))
         return [entry if entry is not None else answer[key] for key, entry in zip(keys, found, strict=True)]
+
+    def _found_now(self, tok: CachedTokenised) -> list[Any]:
+        """What the store held at tokenising, completed with what it holds now for the misses: the
+        batches in flight before this one (the same texts, tokenised ahead of the model) have
+        stored their answers since."""
+        missing = [i for i, entry in enumerate(tok.found) if entry is None]
+        if not missing:
+            return tok.found
+        now = self.store.get_many([tok.keys[i] for i in missing]) or [None] * len(missing)
+        if all(entry is None for entry in now):
+            return tok.found
+        found = list(tok.found)
+        for i, entry in zip(missing, now, strict=True):
+            found[i] = entry
+        return found
 
     def _n_tokens(self, tok: Tokenised) -> list[int]:
         """Each text's token count: a hit's is its entry's (its ids are empty)."""

@@ -221,6 +221,22 @@ def test_a_micro_batchs_part_and_a_text_taken_alone_keep_what_the_store_held() -
     assert inner.calls == [["差"]]
 
 
+@pytest.mark.parametrize("kind", ["result", "embedding"])
+def test_a_batch_tokenised_ahead_finds_what_the_batch_before_it_stored(kind: str) -> None:
+    """The tokeniser runs ahead of the model: a repeat in the next batch was a miss when it was
+    tokenised, but the batch before has stored it by the time the model thread gets there."""
+    inner: Any = FakeClassifier() if kind == "result" else FakeEmbeddingEngine()
+    calls = counting(inner, "classify_tokenised" if kind == "result" else "infer_tokenised")
+    seen, observer = recorder()
+    cached = CachedClassifier(inner, LRUCache(max_entries=100, ttl_s=60), observer=observer)
+    first, second = cached.tokenise(["好的", "差"]), cached.tokenise(["差", "新的"])  # both before the model
+    plain = type(inner)().classify(["差", "新的"])
+    cached.classify_tokenised(first)
+    seen.clear()
+    same(cached.classify_tokenised(second), plain)
+    assert calls == [2, 1] and seen == [(kind, "hit", 1), (kind, "miss", 1)]
+
+
 def test_an_in_process_entry_does_not_hold_a_long_text() -> None:
     """Keys hold a review's text, but a longer text's digest: the store is bounded by entries, and a
     text may be as long as --max-message-bytes, so keeping it would bound nothing."""
