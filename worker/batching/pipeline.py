@@ -299,7 +299,8 @@ class BatchProcessor:
         its dead letters to be (record, why). The usual batch (every review valid and predicted,
         every result encodable) is encoded in one pass per field; any other goes review by review."""
         records, decoded, encode = batch.records, batch.decoded, self.encode
-        if len(preds) == len(records) and not any(isinstance(p, InvalidMessage) for p in preds):
+        n = len(records)
+        if len(preds) == n == len(batch.tokens.ids) and not any(isinstance(p, InvalidMessage) for p in preds):
             ok = cast(Sequence[Prediction], preds)
             reviews = cast(Sequence[ReviewFields], decoded)  # as many predictions as records: all valid
             ts_ins = [
