@@ -70,8 +70,11 @@ def topics() -> dict[str, str]:
 
 
 FAULT_SUITE = "tests/faults/"
-# modules whose module-scoped fixtures are slow to build (trained checkpoints, hub-like bases, an
-# embeddings server): their tests stay on one worker, so each fixture is built once, not twice
+# modules whose tests go to one worker together, as one unit: those whose module-scoped fixtures are
+# slow to build (trained checkpoints, hub-like bases, an embeddings server), so each fixture is built
+# once, not twice; and test_tooling, whose mypy run (~30 s) would otherwise be handed out last of
+# all (units of several tests go out first, single tests in collection order), to run alone on one
+# worker while the other had nothing left
 ONE_WORKER_MODULES = (
     "tests/model/test_hub_bases.py",
     "tests/model/test_trainers.py",
@@ -79,6 +82,7 @@ ONE_WORKER_MODULES = (
     "tests/model/test_load_noise.py",
     "tests/integration/test_trained_checkpoints.py",
     "tests/integration/test_remote_embeddings.py",
+    "tests/unit/test_tooling.py",
 )
 
 
@@ -87,7 +91,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Under the README's `-n 2 --dist loadgroup` the fault suite runs on one xdist worker, one test
     at a time, as its sizes were chosen for; the other tests are shared out between both workers
     (each worker starts its own dev broker); the tests of each of ``ONE_WORKER_MODULES`` go to
-    one worker together, so their module fixtures are built once.
+    one worker together, as one unit (why: see there).
 
     xdist's own loadgroup marks a group by renaming ``item._nodeid``, which pytest 9.2 no longer
     reads (``nodeid`` comes from ``_id``), so its groups fell apart silently and the fault tests
