@@ -12,6 +12,10 @@ and committing:
   partition with the acknowledgements awaited once, offsets committed as they are acknowledged.
 - ``worker-nocache``: the same with ``--cache-url off`` (the default in-process cache's cost: with
   the backlog's texts cycling through more distinct texts than ``--cache-size``, every lookup misses).
+- ``worker-commit-5s``: the default worker committing as often as the quixstreams case does
+  (``--commit-interval-s 5``, quixstreams' default ``commit_interval``) instead of as soon as each
+  micro-batch is acknowledged: the like-for-like comparison with that peer, and the price of the
+  worker's tighter bound on what a crash repeats.
 - ``quixstreams``: a quixstreams application (``bench/quix_peer.py``) doing the same consume →
   JSON decode → label → produce with at-least-once commits. quixstreams is not a dependency of
   the project: the case runs with the interpreter of its own virtual environment
@@ -80,6 +84,7 @@ from worker.ports import free_port
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 SCORES = {"negative": 0.0, "positive": 1.0}
+QUIX_COMMIT_S = 5.0  # quixstreams' default commit_interval (the worker-commit-5s case commits as often)
 
 
 class NoopClassifier:
@@ -120,7 +125,13 @@ class CostlyClassifier(NoopClassifier):
 
 
 def serve(
-    case: str, brokers: str, tag: str, web_port: int, cache_url: str = "memory://", model_ms: float = 0.0
+    case: str,
+    brokers: str,
+    tag: str,
+    web_port: int,
+    cache_url: str = "memory://",
+    model_ms: float = 0.0,
+    commit_interval_s: float = 0.0,
 ) -> None:
     """Run one case's worker in this process until SIGTERM."""
     import faust
@@ -133,7 +144,8 @@ def serve(
         brokers=brokers, input_topic=f"in-{tag}", output_topic=f"out-{tag}", dlq_topic=f"dlq-{tag}",
         group_id=f"bench-{tag}", web_port=web_port, web_host="127.0.0.1", session_timeout_s=6,
         home=Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-stream-{tag}", log_level="warning",
-        cache_url=cache_url, **({"cache_size": 1_000_000} if model_ms else {}),  # cache cases: no eviction
+        cache_url=cache_url, commit_interval_s=commit_interval_s,
+        **({"cache_size": 1_000_000} if model_ms else {}),  # cache cases: no eviction
     )  # fmt: skip
     settings.home.joinpath("faust").mkdir(parents=True, exist_ok=True)
     if case == "aiokafka-loop":
@@ -314,6 +326,8 @@ def case_command(case: str, brokers: str, tag: str, port: int, args: argparse.Na
                 "--group", f"bench-{tag}"]  # fmt: skip
     if case == "worker-nocache":
         return [*case_command("worker", brokers, tag, port, args), "--cache-url", "off"]
+    if case == "worker-commit-5s":
+        return [*case_command("worker", brokers, tag, port, args), "--commit-interval-s", str(QUIX_COMMIT_S)]
     return [sys.executable, __file__, "--serve", case, "--brokers", brokers, "--tag", tag,
             "--web-port", str(port)]  # fmt: skip
 
@@ -492,7 +506,9 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-CASES = ("plain-faust", "worker", "worker-nocache", "quixstreams", "aiokafka-loop", "cache")
+CASES = (
+    "plain-faust", "worker", "worker-nocache", "worker-commit-5s", "quixstreams", "aiokafka-loop", "cache"
+)  # fmt: skip
 
 
 def main() -> None:
@@ -516,6 +532,7 @@ def main() -> None:
         "--model-ms", type=float, default=0.25, help="cache cases: model ms per computed review"
     )
     parser.add_argument("--cache-url", default="memory://", help=argparse.SUPPRESS)
+    parser.add_argument("--commit-interval-s", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--serve-model-ms", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--serve", choices=["worker", "plain-faust", "aiokafka-loop"], help=argparse.SUPPRESS)
     parser.add_argument("--brokers", help=argparse.SUPPRESS)
@@ -523,7 +540,8 @@ def main() -> None:
     parser.add_argument("--web-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.brokers, args.tag, args.web_port, args.cache_url, args.serve_model_ms)
+        serve(args.serve, args.brokers, args.tag, args.web_port, args.cache_url, args.serve_model_ms,
+              args.commit_interval_s)  # fmt: skip
         return
     cases = [c for c in args.cases.split(",") if c]
     if unknown := set(cases) - set(CASES):

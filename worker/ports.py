@@ -18,6 +18,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> int:
+    """The first of ``count`` consecutive free ports (``--processes N`` serves port, port + 1, ...)."""
+    while True:
+        first = free_port(host)
+        try:
+            for port in range(first, first + count):
+                with socket.socket() as s:
+                    s.bind((host, port))
+            return first
+        except OSError:
+            continue
+
+
 def _listening_inodes(port: int) -> set[int] | None:
     """The inodes of this network namespace's TCP sockets listening on ``port`` (Linux's
     ``/proc/net/tcp`` and ``tcp6``); None where that cannot be read."""

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,19 +29,6 @@ from worker.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]  # `python -m worker` imports the code of this checkout
 CRASH_MARKS = ("failed, stopping", "Traceback")
-
-
-def free_ports(count: int) -> int:
-    """The first of ``count`` consecutive free ports (``--processes N`` serves port, port + 1, ...)."""
-    while True:
-        first = free_port()
-        try:
-            for port in range(first, first + count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-            return first
-        except OSError:
-            continue
 
 
 def readyz(port: int) -> tuple[int, dict[str, Any] | None]:

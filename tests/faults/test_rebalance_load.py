@@ -16,8 +16,9 @@ import psutil
 import pytest
 
 from tests.faults.conftest import FleetFactory, LedgerFactory, Sizes
-from tests.faults.harness import Fleet, free_ports, readyz
+from tests.faults.harness import Fleet, readyz
 from tests.faults.ledger import Ledger, Topics, reviews
+from worker.ports import free_ports
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 BATCH, IN_FLIGHT = 8, 2

@@ -19,7 +19,7 @@ import pytest
 from schemas.errors import SentimentError
 from worker.commands.demo import wait_ready
 from worker.kafka.clients import consume, produce_values
-from worker.ports import free_port
+from worker.ports import free_ports
 
 WorkerFactory = Callable[..., subprocess.Popen[bytes]]
 
@@ -72,7 +72,9 @@ def start_worker(
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(*extra: str) -> subprocess.Popen[bytes]:
-        web_port = free_port()
+        # --processes N serves N consecutive ports from --web-port: all of them must be free
+        processes = int(extra[extra.index("--processes") + 1]) if "--processes" in extra else 1
+        web_port = free_ports(processes)
         log = tmp_path / f"worker-{len(procs)}.log"
         cmd = [
             sys.executable, "-m", "worker", "worker",
