@@ -15,6 +15,25 @@ extras="[train,demo]"
 dev=""
 [[ "${1:-}" == "--dev" ]] && extras="[dev]" && dev=1
 
+emb_pid=""
+if [[ -n "$dev" && ! -x .venv-emb/bin/infinity_emb ]]; then
+  # A real OpenAI-compatible embeddings server for the remote-backend tests
+  # (tests/integration/test_remote_embeddings.py): infinity-emb pins sentence-transformers<4 and
+  # numpy<2, so it gets a venv of its own (about 50 s; torch is the CPU wheel on disk again). It is
+  # installed in the background while .venv is (pip waits on the network and the disk more than on
+  # the CPU), and waited for before this script ends; its output is shown only if it fails.
+  echo "• installing infinity-emb in .venv-emb, in the background (the embeddings server of the remote-backend tests)" >&2
+  emb_log=$(mktemp)
+  (
+    set -e
+    [[ -x .venv-emb/bin/python ]] || python3 -m venv .venv-emb
+    .venv-emb/bin/python -m pip install -q --upgrade pip
+    .venv-emb/bin/python -m pip install -q torch==2.13.0
+    .venv-emb/bin/python -m pip install -q 'infinity-emb[server,torch]==0.0.78' 'transformers>=4.51,<5'
+  ) >"$emb_log" 2>&1 &
+  emb_pid=$!
+fi
+
 if [[ ! -x .venv/bin/python ]]; then
   echo "• creating .venv" >&2
   python3 -m venv .venv
@@ -45,14 +64,13 @@ if [[ -n "$dev" ]] && ! command -v redis-server >/dev/null; then
   # the package starts a system service; the tests start their own servers
   $sudo_ service redis-server stop >/dev/null 2>&1 || true
 fi
-if [[ -n "$dev" && ! -x .venv-emb/bin/infinity_emb ]]; then
-  # A real OpenAI-compatible embeddings server for the remote-backend tests
-  # (tests/integration/test_remote_embeddings.py): infinity-emb pins sentence-transformers<4 and
-  # numpy<2, so it gets a venv of its own (about 50 s; torch is the CPU wheel on disk again).
-  echo "• installing infinity-emb in .venv-emb (the embeddings server of the remote-backend tests)" >&2
-  [[ -x .venv-emb/bin/python ]] || python3 -m venv .venv-emb
-  .venv-emb/bin/python -m pip install -q --upgrade pip
-  .venv-emb/bin/python -m pip install -q torch==2.13.0
-  .venv-emb/bin/python -m pip install -q 'infinity-emb[server,torch]==0.0.78' 'transformers>=4.51,<5'
+if [[ -n "$emb_pid" ]]; then
+  if ! wait "$emb_pid"; then
+    cat "$emb_log" >&2
+    echo "setup.sh: installing infinity-emb in .venv-emb failed (its pip output is above)" >&2
+    exit 1
+  fi
+  rm -f "$emb_log"
+  echo "• .venv-emb ready" >&2
 fi
 echo "• ready: .venv/bin/sentiment --help" >&2
