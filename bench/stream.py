@@ -43,8 +43,7 @@ result, divided by the results in between; the broker's and the collector's CPU 
 counted) and the dev broker's over the same window (``broker_cpu_us_per_msg``: what the case's
 fetching, producing and committing cost the broker); then **latency** (producer ``ts`` to result
 ``ts_out``, p50/p95/p99) with ``--rate`` reviews/s sent steadily for ``--seconds`` (``--seconds 0``
-skips it). ``--repeat`` runs every
-case that many times, interleaved, and records the median.
+skips it). ``--repeat`` runs every case that many times, interleaved, and records the median.
 
     python bench/stream.py                  # results in bench/results/stream-cpu.json
 """
