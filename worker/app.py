@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from models.engine.classifier import Classifier
 from worker.batching.pipeline import BatchProcessor, Limits, Topics
 from worker.batching.scheduler import BatchScheduler
+from worker.event_loop import loop_name
 from worker.health import Health
 from worker.kafka.admin import check_connection, create_topics, parse_topic_config
 from worker.kafka.consumer import KafkaSource
@@ -88,6 +89,7 @@ class KafkaService(Service):
         )  # fmt: skip
         await self.publisher.start()
         await self.source.start()
+        log.info("event loop: %s", loop_name(asyncio.get_running_loop()))
         # What is alive now (libraries, model, app) lives as long as the process: frozen out of the
         # collector's passes, a full pass walks only what the stream made since (a cache's entries,
         # batches in flight), not the ~450,000 objects of torch and transformers (0.2-0.5 s a pass
@@ -292,9 +294,11 @@ def run_worker(settings: Settings) -> None:
     """
     from models.demo.default import default_checkpoint
     from models.engine.classifier import load_classifier, resolve_device
+    from worker.event_loop import use_event_loop
     from worker.processes import StopRequested, require_free_ports, stop_on_signals
 
     parse_topic_config(settings.topic_config)  # a malformed one fails now, not after the model loads
+    use_event_loop(settings.event_loop)  # before any loop is made (faust's included)
     require_free_ports(settings.web_host, [settings.web_port])  # likewise a web port in use
     try:
         with stop_on_signals():

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from models.engine.classifier import Prediction, Qwen3Engine, Tokenised, load_classifier
 from worker.app import create_app, quiet_worker
+from worker.event_loop import use_event_loop
 from worker.settings import load_settings
 
 
@@ -53,6 +54,7 @@ def main() -> None:
         max_in_flight=args.max_in_flight, log_level="warning",
     )  # fmt: skip
     settings.home.joinpath("faust").mkdir(parents=True, exist_ok=True)
+    use_event_loop(settings.event_loop)  # as run_worker does
     engine = load_classifier(args.checkpoint, device="cpu", max_batch_size=args.batch_size)
     app = create_app(settings, Slowed(engine, args.delay_s), CollectorRegistry())
     quiet_worker(app, settings.log_level).execute_from_commandline()

@@ -1,5 +1,6 @@
 """SIGTERM in the middle of a stream: the worker finishes its batch in hand, commits and exits 0;
-a worker started afterwards in the same group continues, and no input is lost or repeated."""
+a worker started afterwards in the same group continues, and no input is lost or repeated.
+The first runs on uvloop (the default), the second on asyncio's loop (``--event-loop asyncio``)."""
 
 from __future__ import annotations
 
@@ -39,11 +40,14 @@ def test_sigterm_mid_stream_loses_nothing_and_repeats_nothing(
         "the stop must land mid-stream for this test to mean anything"
     )
 
-    start_worker("--batch-size", "64")
+    # the second on asyncio's own loop: the stop and the hand-over hold across the two loops
+    second = start_worker("--batch-size", "64", "--event-loop", "asyncio")
     counts = result_counts(broker, topics["output"], N)
     assert set(counts) == {f"s{i}" for i in range(N)}, f"lost: {N - len(counts)}"
     repeated = [i for i, c in counts.items() if c > 1]
     assert not repeated, f"{len(repeated)} repeated, e.g. {repeated[:5]}"
+    assert "event loop: uvloop" in first.log.read_text()  # type: ignore[attr-defined]
+    assert "event loop: asyncio" in second.log.read_text()  # type: ignore[attr-defined]
 
 
 def test_a_crash_mid_stream_loses_nothing_and_repeats_at_most_the_batches_in_flight(

@@ -168,7 +168,7 @@ def cli() -> None:
     "topic_config",
     "offset_reset", "session_timeout_s", "rebalance_timeout_s", "commit_interval_s",
     *MODEL, "batch_size", "batch_wait_s", "max_message_bytes", "web_port", "web_host", "log_level",
-    "processes", "stuck_batch_s", "max_in_flight", "max_headers", "max_header_bytes",
+    "processes", "event_loop", "stuck_batch_s", "max_in_flight", "max_headers", "max_header_bytes",
     "dlq_max_value_bytes", "retry_backoff_max_s", "cache_url", "cache_size", "cache_ttl_s",
 )  # fmt: skip
 def worker(**options: Any) -> None:
@@ -195,6 +195,9 @@ def worker(**options: Any) -> None:
     _setup_logging(settings.log_level)
     _warn_if_password_given(options)
     # before the seconds of importing torch and faust, and before the model loads
+    from worker.event_loop import use_event_loop
+
+    use_event_loop(settings.event_loop)  # a missing uvloop asked for by name: exit 2 now
     if settings.checkpoint is None:
         require_default_checkpoint(settings.home)
     require_free_ports(settings.web_host, web_ports(settings.web_port, settings.processes))
