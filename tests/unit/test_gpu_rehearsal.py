@@ -103,11 +103,15 @@ def test_fp8_linear_is_close_to_the_linear_it_replaces(gpu: ModuleType) -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 128, bias=False), torch.nn.Linear(128, 32, bias=False))
     x = torch.randn(5, 7, 64)
+    x[1:] *= 1000  # tokens far louder than the first sequence's: a shared scale would change its rounding
     with torch.no_grad():
         reference = model(x)
         assert gpu.to_fp8(model) == 2
         out = model(x)
         assert out.shape == reference.shape and out.dtype == reference.dtype
         assert float((out - reference).norm() / reference.norm()) < 0.1  # e4m3: ~3 significant bits
-        # per-token activation scales: a row's result does not depend on the others
-        torch.testing.assert_close(model(x[:1]), out[:1], rtol=0, atol=0)
+        # per-token activation scales: a row's result does not depend on the others. Not bit for
+        # bit on every CPU (the matmul kernel may sum in another order for another row count), but
+        # to float32 rounding, a thousand times below what a shared scale would move it.
+        alone = model(x[:1])
+        torch.testing.assert_close(alone, out[:1], rtol=1e-5, atol=1e-6)
