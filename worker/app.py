@@ -13,7 +13,7 @@ import asyncio
 import gc
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -29,7 +29,7 @@ from worker.batching.pipeline import BatchProcessor, Limits, Topics
 from worker.batching.scheduler import BatchScheduler
 from worker.event_loop import loop_name
 from worker.health import Health
-from worker.kafka.admin import check_connection, create_topics, parse_topic_config
+from worker.kafka.admin import create_topics, parse_topic_config, require_reachable
 from worker.kafka.consumer import KafkaSource
 from worker.kafka.lag import LagTracker
 from worker.kafka.publisher import KafkaPublisher
@@ -90,6 +90,7 @@ class KafkaService(Service):
         await self.publisher.start()
         await self.source.start()
         log.info("event loop: %s", loop_name(asyncio.get_running_loop()))
+        log.info("serving /metrics, /healthz and /readyz on %s:%d", s.web_host, s.web_port)
         # What is alive now (libraries, model, app) lives as long as the process: frozen out of the
         # collector's passes, a full pass walks only what the stream made since (a cache's entries,
         # batches in flight), not the ~450,000 objects of torch and transformers (0.2-0.5 s a pass
@@ -271,19 +272,6 @@ def device_memory(device: str, kind: str) -> float:
     return float(stat(torch.device(device)))
 
 
-def require_reachable(
-    brokers: list[str], timeout_s: float = 5.0, *, security: Mapping[str, Any] | None = None
-) -> None:
-    """Fail fast, with a plain message, when no bootstrap server accepts a connection, or one
-    refuses the TLS/SASL settings (``security``, from ``aiokafka_security``): before the model
-    loads, not as a client's retries and a traceback after it."""
-    loop = asyncio.new_event_loop()  # not asyncio.run: that would unset the loop faust picks up later
-    try:
-        loop.run_until_complete(check_connection(brokers, security, timeout_s))
-    finally:
-        loop.close()
-
-
 def run_worker(settings: Settings) -> None:
     """Load the model, then run the Faust worker until SIGTERM/SIGINT (blocks).
 
@@ -295,10 +283,13 @@ def run_worker(settings: Settings) -> None:
     from models.demo.default import default_checkpoint
     from models.engine.classifier import load_classifier, resolve_device
     from worker.event_loop import use_event_loop
+    from worker.ports import free_port
     from worker.processes import StopRequested, require_free_ports, stop_on_signals
 
     parse_topic_config(settings.topic_config)  # a malformed one fails now, not after the model loads
     use_event_loop(settings.event_loop)  # before any loop is made (faust's included)
+    if settings.web_port == 0:  # any free port: faust's web server takes only a real one
+        settings = settings.model_copy(update={"web_port": free_port(settings.web_host)})
     require_free_ports(settings.web_host, [settings.web_port])  # likewise a web port in use
     try:
         with stop_on_signals():

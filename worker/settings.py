@@ -219,7 +219,13 @@ class Settings(BaseSettings):
         description="The asyncio event loop the worker runs on: uvloop (in C; less CPU per message "
         "on the Kafka path), asyncio's own, or auto: uvloop where it is installed, else asyncio.",
     )
-    web_port: int = Field(default=6066, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz.")
+    web_port: int = Field(
+        default=6066,
+        ge=0,
+        le=65535,
+        description="Port of /metrics, /healthz, /readyz; 0: any free port, one for each process "
+        "(each worker logs the port it serves).",
+    )
     web_host: str = Field(default="0.0.0.0", description="Address the web server binds.")
     port: int = Field(default=9092, ge=1, le=65535, description="Port of `sentiment broker`.")
     home: Path = Field(

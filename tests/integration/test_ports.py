@@ -4,14 +4,18 @@ model or talks to Kafka; with --processes N the parent checks all N ports. Port 
 from __future__ import annotations
 
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.integration.test_processes import get
 from worker.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -108,3 +112,42 @@ def test_web_port_0_means_any_free_port_and_passes_the_check(tmp_path: Path) -> 
     proc = _worker(tmp_path, "--web-port", "0", "--web-host", "127.0.0.1", "--processes", "2")
     line = _one_line_error(proc)
     assert "cannot reach any Kafka broker" in line, line  # the next check: the ports were fine
+
+
+def test_web_port_0_with_processes_2_serves_each_worker_on_a_port_of_its_own(
+    broker: str, topics: dict[str, str], tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Both workers start and serve a free port each, which they log (faust's web server takes no
+    port 0); the parent that supervises them loads neither the model nor torch."""
+    log = tmp_path / "worker.log"
+    command = [
+        sys.executable, "-m", "worker", "worker", "--brokers", broker,
+        "--input-topic", topics["input"], "--output-topic", topics["output"],
+        "--dlq-topic", topics["dlq"], "--group-id", topics["group"],
+        "--checkpoint", str(tiny_checkpoint), "--home", str(tmp_path / "home"),
+        "--processes", "2", "--web-port", "0", "--web-host", "127.0.0.1", "--session-timeout-s", "6",
+    ]  # fmt: skip
+    with open(log, "wb") as out:
+        parent = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        served: list[int] = []
+        serving = re.compile(r"serving /metrics, /healthz and /readyz on 127\.0\.0\.1:(\d+)")
+        deadline = time.monotonic() + 120
+        while len(served) < 2 or not all(get(port, "/readyz")[0] == 200 for port in served):
+            text = log.read_text()
+            assert parent.poll() is None, text[-3000:]
+            assert time.monotonic() < deadline, f"both workers ready on their ports: {text[-3000:]}"
+            time.sleep(0.2)
+            served = [int(port) for port in serving.findall(log.read_text())]
+        assert len(set(served)) == 2 and 0 not in served, served
+        assert "restarting" not in log.read_text()
+        status = Path(f"/proc/{parent.pid}/status").read_text()
+        rss_kib = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
+        assert "libtorch" not in Path(f"/proc/{parent.pid}/maps").read_text(), "the parent imported torch"
+        assert rss_kib < 150 * 1024, f"the parent holds {rss_kib} KiB"
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) == 0, log.read_text()[-3000:]
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()

@@ -201,13 +201,16 @@ def worker(**options: Any) -> None:
     if settings.checkpoint is None:
         require_default_checkpoint(settings.home)
     require_free_ports(settings.web_host, web_ports(settings.web_port, settings.processes))
-    from worker.app import require_reachable, run_worker
-    from worker.kafka.security import aiokafka_security
-
     if settings.processes == 1:
+        from worker.app import run_worker
+
         run_worker(settings)
         return
+    # the supervisor only starts and watches the N workers: it never imports torch, transformers or
+    # faust (seconds of CPU and hundreds of MB of memory each child has, the parent would not use)
     from models.demo.default import default_checkpoint
+    from worker.kafka.admin import require_reachable
+    from worker.kafka.security import aiokafka_security
     from worker.processes import StopRequested, child_env, run_processes, stop_on_signals
 
     require_reachable(settings.broker_list, security=aiokafka_security(settings))

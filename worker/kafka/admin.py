@@ -210,3 +210,16 @@ async def check_connection(
         f"cannot reach any Kafka broker in {','.join(addresses)} ({'; '.join(failures)}; "
         "is it running? see --brokers)"
     )
+
+
+def require_reachable(
+    brokers: list[str], timeout_s: float = 5.0, *, security: Mapping[str, Any] | None = None
+) -> None:
+    """Fail fast, with a plain message, when no bootstrap server accepts a connection, or one
+    refuses the TLS/SASL settings (``security``, from ``aiokafka_security``): before the model
+    loads, not as a client's retries and a traceback after it."""
+    loop = asyncio.new_event_loop()  # not asyncio.run: that would unset the loop faust picks up later
+    try:
+        loop.run_until_complete(check_connection(brokers, security, timeout_s))
+    finally:
+        loop.close()
