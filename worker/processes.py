@@ -282,6 +282,31 @@ class StopRequested(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
+def stop_after(signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
+    """Inside the block, ``signals`` are only noted; once the block has run to its end,
+    :class:`StopRequested` is raised if one came. The previous handlers are restored.
+
+    For the seconds a worker spends importing torch, transformers and faust, before it loads the
+    model: until now SIGTERM killed it there (exit -15, a crash to ``--processes``) and SIGINT
+    printed a traceback. Raising in the middle of an import instead (:func:`stop_on_signals`)
+    could leave the stop to a library's ``except BaseException``; a note cannot be lost.
+    """
+    noted: list[str] = []
+
+    def note(signum: int, _frame: FrameType | None) -> None:
+        noted.append(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, note) for s in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+    if noted:
+        raise StopRequested(noted[0])
+
+
+@contextlib.contextmanager
 def stop_on_signals(
     signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
     *,

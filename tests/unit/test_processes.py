@@ -20,6 +20,7 @@ from worker.processes import (
     Supervisor,
     child_command,
     child_env,
+    stop_after,
     stop_on_signals,
     web_ports,
     without_password,
@@ -222,6 +223,25 @@ def test_signals_while_loading_raise_stop_requested_and_the_handlers_come_back(s
         time.sleep(5)  # interrupted: the handler raises in the main thread
         pytest.fail("the signal did not stop the block")
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signals_while_starting_let_the_block_finish_then_raise_and_the_handlers_come_back(sig: int) -> None:
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    finished = False
+    with pytest.raises(StopRequested, match=signal.Signals(sig).name), stop_after():
+        os.kill(os.getpid(), sig)
+        os.kill(os.getpid(), signal.SIGTERM)  # a second one is noted too, and changes nothing
+        time.sleep(0.05)  # not interrupted (an import of torch is not cut half way)
+        finished = True
+    assert finished
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_an_error_in_the_starting_block_is_raised_as_it_is() -> None:
+    with pytest.raises(ValueError, match="bad setting"), stop_after():
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise ValueError("bad setting")
 
 
 def test_a_stop_during_asyncio_run_reaches_the_block() -> None:

@@ -176,8 +176,8 @@ def worker(**options: Any) -> None:
 
     Offsets are committed only after the results of a batch are acknowledged by the broker
     (at-least-once). Serves /metrics, /healthz and /readyz on --web-port. Stops cleanly on
-    SIGTERM or Ctrl-C, also while the model loads. --processes N runs N such workers in one
-    consumer group, and restarts one that dies (at most 5 restarts in 5 minutes).
+    SIGTERM or Ctrl-C, also while it starts and loads the model. --processes N runs N such
+    workers in one consumer group, and restarts one that dies (at most 5 restarts in 5 minutes).
 
     --web-host is 0.0.0.0 by default because in a container the kubelet's probes and Prometheus
     reach the pod's IP, not its loopback. On a shared host bind 127.0.0.1 (or a private
@@ -189,21 +189,28 @@ def worker(**options: Any) -> None:
     no --checkpoint and the demo model must be trained without the [train] extra installed.
     """
     from models.demo.default import require_default_checkpoint
-    from worker.processes import require_free_ports, web_ports
+    from worker.processes import StopRequested, require_free_ports, stop_after, web_ports
 
-    settings = load_settings(**options)
-    _setup_logging(settings.log_level)
-    _warn_if_password_given(options)
-    # before the seconds of importing torch and faust, and before the model loads
-    from worker.event_loop import use_event_loop
+    log = logging.getLogger("worker.commands.cli")
+    try:
+        # a stop while starting ends it with 0 once the imports are done, not a death by signal
+        with stop_after():
+            settings = load_settings(**options)
+            _setup_logging(settings.log_level)
+            _warn_if_password_given(options)
+            # before the seconds of importing torch and faust, and before the model loads
+            from worker.event_loop import use_event_loop
 
-    use_event_loop(settings.event_loop)  # a missing uvloop asked for by name: exit 2 now
-    if settings.checkpoint is None:
-        require_default_checkpoint(settings.home)
-    require_free_ports(settings.web_host, web_ports(settings.web_port, settings.processes))
+            use_event_loop(settings.event_loop)  # a missing uvloop asked for by name: exit 2 now
+            if settings.checkpoint is None:
+                require_default_checkpoint(settings.home)
+            require_free_ports(settings.web_host, web_ports(settings.web_port, settings.processes))
+            if settings.processes == 1:
+                from worker.app import run_worker  # seconds: torch, transformers, faust
+    except StopRequested as stop:
+        log.info("stopped while starting (%s)", stop)
+        return
     if settings.processes == 1:
-        from worker.app import run_worker
-
         run_worker(settings)
         return
     # the supervisor only starts and watches the N workers: it never imports torch, transformers or
@@ -211,14 +218,14 @@ def worker(**options: Any) -> None:
     from models.demo.default import default_checkpoint
     from worker.kafka.admin import require_reachable
     from worker.kafka.security import aiokafka_security
-    from worker.processes import StopRequested, child_env, run_processes, stop_on_signals
+    from worker.processes import child_env, run_processes, stop_on_signals
 
-    require_reachable(settings.broker_list, security=aiokafka_security(settings))
     try:
         with stop_on_signals():
+            require_reachable(settings.broker_list, security=aiokafka_security(settings))
             checkpoint = settings.checkpoint or default_checkpoint(settings.home)  # once, not N times
     except StopRequested as stop:
-        logging.getLogger("worker.commands.cli").info("stopped while preparing the checkpoint (%s)", stop)
+        log.info("stopped while starting (%s)", stop)
         return
     args = sys.argv[1:]
     args = args[args.index("worker") + 1 :]
