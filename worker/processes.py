@@ -15,6 +15,7 @@ made up front by the parent for all N.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
@@ -22,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -98,6 +100,29 @@ def describe_exit(code: int) -> str:
         with contextlib.suppress(ValueError):
             return f"was killed by {signal.Signals(-code).name}"
     return f"exited with {code}"
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """On Linux, a ``preexec_fn`` that has the kernel send the child SIGTERM when we die (even by
+    SIGKILL), so a child (a dev broker) never outlives the process that started it; None elsewhere.
+
+    Only from the main thread: the signal comes when the *thread* that started the child ends.
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up now, not in the forked child
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+        if os.getppid() != parent:  # we died before the prctl: nobody would stop the child
+            os._exit(1)
+
+    return preexec
 
 
 def shell_code(code: int) -> int:

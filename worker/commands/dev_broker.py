@@ -7,22 +7,17 @@ Memory storage only: everything is gone when it stops. Production uses Apache Ka
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
-import os
-import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 from models.extras import require_extra
 from worker.kafka.admin import BrokerError
 from worker.ports import bind_problem, describe_bind_problem, listens_on
+from worker.processes import die_with_parent
 
 
 class PortInUseError(BrokerError):
@@ -62,29 +57,6 @@ def _resolve_lock(path: Path) -> contextlib.AbstractContextManager[object]:
     return FileLock(path)
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """On Linux, a ``preexec_fn`` that has the kernel send the child SIGTERM when we die (even by
-    SIGKILL), so a dev broker never outlives the process that started it; None elsewhere.
-
-    Only from the main thread: the signal comes when the *thread* that started the child ends.
-    """
-    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up now, not in the forked child
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-        if os.getppid() != parent:  # we died before the prctl: nobody would stop the child
-            os._exit(1)
-
-    return preexec
-
-
 class DevBroker:
     """A tansu process on ``host:port``; a context manager that starts and stops it.
 
@@ -122,7 +94,7 @@ class DevBroker:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C in a terminal reaches only us; we stop tansu in order
-            preexec_fn=_die_with_parent(),
+            preexec_fn=die_with_parent(),
         )  # fmt: skip
         if not isinstance(out, int):
             out.close()  # the child holds its own descriptor
