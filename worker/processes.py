@@ -9,7 +9,8 @@ the others to stop, so each finishes and commits its batch in hand).
 
 Also the signal handling of a worker's loading phase (:func:`stop_on_signals`), before faust
 installs its own handlers, and the check that the web ports are free (:func:`require_free_ports`),
-made up front by the parent for all N.
+made up front by the parent for all N. On Linux the kernel sends each worker SIGTERM if the
+parent itself dies (:func:`die_with_parent`), so none is left running unsupervised.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def describe_exit(code: int) -> str:
 
 def die_with_parent() -> Callable[[], None] | None:
     """On Linux, a ``preexec_fn`` that has the kernel send the child SIGTERM when we die (even by
-    SIGKILL), so a child (a dev broker) never outlives the process that started it; None elsewhere.
+    SIGKILL), so a child (a worker, a dev broker) never outlives the process that started it; None
+    elsewhere.
 
     Only from the main thread: the signal comes when the *thread* that started the child ends.
     """
@@ -277,9 +279,13 @@ def run_processes(
     ports = web_ports(first_port, count)
     slots = [Slot(child_command(args, checkpoint=checkpoint, web_port=port), port) for port in ports]
     environ = dict(env) if env is not None else dict(os.environ)
+    # a worker gets SIGTERM (stops cleanly: finishes, commits, leaves the group) when this parent
+    # dies, even by SIGKILL or the OOM killer: no worker is left running unsupervised, holding its
+    # web port against the parent started again
+    preexec = die_with_parent()
 
     def spawn(command: list[str]) -> Child:
-        return subprocess.Popen(command, env=environ)
+        return subprocess.Popen(command, env=environ, preexec_fn=preexec)
 
     supervisor = Supervisor(slots, spawn)
 

