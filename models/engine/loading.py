@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from safetensors import SafetensorError
 from tokenizers import Tokenizer
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Qwen3Config
 from transformers.utils import logging as hf_logging
@@ -124,9 +125,17 @@ class _HoldLoadReport(logging.Filter):
         return True
 
 
+# what ``from_pretrained`` raises on weights it cannot read: a bad config or layout (OSError,
+# ValueError, RuntimeError), or a safetensors file that is not one (cut short by an interrupted
+# download or copy, overwritten), which safetensors reports as its own SafetensorError
+LOAD_ERRORS = (OSError, ValueError, RuntimeError, SafetensorError)
+
+
 def load_error(directory: Path, exc: Exception, report: list[str]) -> CheckpointError:
     """``cannot load the weights``, with the held LOAD REPORT that transformers' message points to."""
     message = str(exc).replace("the above report", "the report below") if report else str(exc)
+    if isinstance(exc, SafetensorError):
+        message += " (a weights file is damaged or incomplete: an interrupted download or copy?)"
     detail = "".join(f"\n{r}" for r in report)
     return CheckpointError(f"{directory}: cannot load the weights: {message}{detail}")
 
@@ -162,7 +171,7 @@ def load_model(
                 attn_implementation=PACKED,
                 output_loading_info=True,
             )
-        except (OSError, ValueError, RuntimeError) as exc:
+        except LOAD_ERRORS as exc:
             raise load_error(directory, exc, report) from None
     model, info = loaded
     if info["missing_keys"]:

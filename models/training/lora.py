@@ -24,6 +24,7 @@ from transformers.utils import logging as hf_logging
 from models.engine.classifier import resolve_device
 from models.engine.loading import (
     LM_HEAD,
+    LOAD_ERRORS,
     WEIGHTS,
     base_reference,
     load_error,
@@ -93,7 +94,7 @@ def load_base_classifier(base: Path, labels: Sequence[str], pad_id: int) -> Qwen
                 attn_implementation="sdpa",
                 output_loading_info=True,
             )
-        except (OSError, ValueError, RuntimeError) as exc:
+        except LOAD_ERRORS as exc:
             raise load_error(base, exc, report) from None
     model, info = loaded
     missing = sorted(set(info["missing_keys"]) - {"score.weight"})

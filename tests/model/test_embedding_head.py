@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -207,3 +209,39 @@ def test_pickled_weights_are_refused(base: Path, tmp_path: Path) -> None:
     (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="pickled weights are never loaded"):
         load_classifier(make_checkpoint(tmp_path / "c", pickled))
+
+
+@pytest.mark.parametrize("keep", [1000, 0.8], ids=["header-cut", "tensors-cut"])
+@pytest.mark.parametrize("kind", ["sequence-classifier", "embedding-head-base"])
+def test_a_weights_file_cut_short_is_a_checkpoint_error(
+    kind: str, keep: float, base: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """An interrupted download or copy: one CheckpointError that says so, not safetensors' own
+    exception (which no caller catches: the CLI printed a traceback)."""
+    if kind == "sequence-classifier":
+        damaged = shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
+        checkpoint = damaged
+    else:
+        damaged = shutil.copytree(base, tmp_path / "damaged-base")
+        checkpoint = make_checkpoint(tmp_path / "c", damaged)
+    weights = damaged / "model.safetensors"
+    size = weights.stat().st_size
+    with open(weights, "r+b") as f:
+        f.truncate(int(keep if keep > 1 else size * keep))
+    with pytest.raises(CheckpointError, match=r"cannot load the weights: .*damaged or incomplete") as caught:
+        load_classifier(checkpoint)
+    assert str(damaged) in str(caught.value)
+
+
+def test_a_weights_file_cut_short_is_one_line_from_the_cli(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    damaged = shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
+    with open(damaged / "model.safetensors", "r+b") as f:
+        f.truncate(1000)
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "predict", "--checkpoint", str(damaged), "--text", "好"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == "" and "Traceback" not in proc.stderr, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: {damaged}: cannot load the weights: ") and "incomplete" in line, line
