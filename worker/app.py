@@ -292,7 +292,7 @@ def run_worker(settings: Settings) -> None:
         settings = settings.model_copy(update={"web_port": free_port(settings.web_host)})
     require_free_ports(settings.web_host, [settings.web_port])  # likewise a web port in use
     try:
-        with stop_on_signals():
+        with stop_on_signals(final=True):
             require_reachable(settings.broker_list, security=aiokafka_security(settings))
             checkpoint = settings.checkpoint or default_checkpoint(settings.home)
             on_cuda = resolve_device(settings.device, settings.dtype)[0].type == "cuda"

@@ -103,6 +103,9 @@ def describe_exit(code: int) -> str:
     return f"exited with {code}"
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def die_with_parent() -> Callable[[], None] | None:
     """On Linux, a ``preexec_fn`` that has the kernel send the child SIGTERM when we die (even by
     SIGKILL), so a child (a worker, a dev broker) never outlives the process that started it; None
@@ -168,8 +171,9 @@ class Supervisor:
         self.spawn, self.clock = spawn, clock
         self.limit, self.window_s, self.backoff_s = limit, window_s, backoff_s
         self.restarts: deque[float] = deque()  # times of recent restarts
-        self.stop_requested = False  # set by the signal handler, acted on by step()
+        self.stop_requests = 0  # counted by the signal handler, acted on by step()
         self.stopping = False
+        self.killing = False
         self.code = 0  # the first failure that ends the parent, as a Popen return code
 
     def start(self) -> None:
@@ -179,14 +183,17 @@ class Supervisor:
         log.info("started %d worker processes (pids %s)", len(self.slots), pids)
 
     def request_stop(self) -> None:
-        """Safe from a signal handler: only sets a flag, :meth:`step` sends the SIGTERMs."""
-        self.stop_requested = True
+        """Safe from a signal handler: only counts, :meth:`step` sends the signals. The first
+        request stops the children cleanly (SIGTERM); a second one, while they stop, kills them."""
+        self.stop_requests += 1
 
     def step(self) -> bool:
         """Reap exited children, start due restarts, act on a stop request; True while any child
         is running or due to be restarted."""
-        if self.stop_requested and not self.stopping:
+        if self.stop_requests and not self.stopping:
             self.stop_all()
+        elif self.stop_requests > 1 and self.stopping and not self.killing:
+            self.kill_all()
         now = self.clock()
         for slot in self.slots:
             if slot.process is not None:
@@ -230,6 +237,18 @@ class Supervisor:
             slot.restart_at = None
             if slot.process is not None and slot.process.poll() is None:
                 slot.process.send_signal(signal.SIGTERM)
+
+    def kill_all(self) -> None:
+        """SIGKILL to every running child: a second stop request (Ctrl-C again) while they stop.
+        What they had not committed is read again by the partitions' next owner."""
+        self.killing = True
+        running = [s.process for s in self.slots if s.process is not None and s.process.poll() is None]
+        if running:
+            log.warning("a second stop request: killing %d worker process(es) (pids %s); what they "
+                        "had not committed is read again by the next owner",
+                        len(running), ", ".join(str(p.pid) for p in running))  # fmt: skip
+        for process in running:
+            process.send_signal(signal.SIGKILL)
 
     @property
     def exit_code(self) -> int:
@@ -282,7 +301,14 @@ def run_processes(
     # a worker gets SIGTERM (stops cleanly: finishes, commits, leaves the group) when this parent
     # dies, even by SIGKILL or the OOM killer: no worker is left running unsupervised, holding its
     # web port against the parent started again
-    preexec = die_with_parent()
+    die = die_with_parent()
+
+    def preexec() -> None:
+        if die is not None:
+            die()
+        # held, not lost, until the worker's own handlers are in place (stop_after unblocks them):
+        # a stop in its first fraction of a second (Python starting) would kill it by the signal
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
     def spawn(command: list[str]) -> Child:
         return subprocess.Popen(command, env=environ, preexec_fn=preexec)
@@ -321,6 +347,10 @@ def stop_after(signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGIN
     model: until now SIGTERM killed it there (exit -15, a crash to ``--processes``) and SIGINT
     printed a traceback. Raising in the middle of an import instead (:func:`stop_on_signals`)
     could leave the stop to a library's ``except BaseException``; a note cannot be lost.
+
+    ``signals`` blocked when the block starts (a ``--processes`` worker starts with them blocked)
+    are unblocked: one that came before is noted then. After a stop the handlers are not restored:
+    the signals stay ignored while the process ends.
     """
     noted: list[str] = []
 
@@ -328,11 +358,14 @@ def stop_after(signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGIN
         noted.append(signal.Signals(signum).name)
 
     previous = {s: signal.signal(s, note) for s in signals}
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)  # held since the start (--processes): noted now
     try:
         yield
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+            # once a stop came the process is ending: a second signal (a terminal's Ctrl-C reaches
+            # the worker, then its parent's SIGTERM) is ignored, not a kill on its way out
+            signal.signal(sig, signal.SIG_IGN if noted else signal.SIG_DFL if handler is None else handler)
     if noted:
         raise StopRequested(noted[0])
 
@@ -343,6 +376,7 @@ def stop_on_signals(
     *,
     keep_ignored: bool = False,
     once: bool = False,
+    final: bool = False,
 ) -> Iterator[None]:
     """Inside the block, ``signals`` raise :class:`StopRequested`; the previous handlers are
     restored on the way out.
@@ -353,7 +387,10 @@ def stop_on_signals(
 
     ``keep_ignored``: a signal ignored when the block starts (SIGHUP under ``nohup``) stays
     ignored. ``once``: only the first signal raises, later ones are ignored, so they cannot
-    interrupt the cleanup it starts (stopping a child process).
+    interrupt the cleanup it starts (stopping a child process). ``final``: the process ends after
+    a stop, so once one was raised the signals stay ignored instead of restored (a second one, as
+    a terminal's Ctrl-C followed by the ``--processes`` parent's SIGTERM, would kill it on its way
+    out, seconds with torch loaded).
     """
     stopping = False
 
@@ -371,4 +408,7 @@ def stop_on_signals(
         yield
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set in C
+            if final and stopping:
+                signal.signal(sig, signal.SIG_IGN)
+            else:
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set in C

@@ -3,6 +3,8 @@ with one log line, no traceback, no death by signal."""
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,21 +63,31 @@ def importing_torch(pid: int) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("sig", "processes"),
-    [(signal.SIGTERM, "1"), (signal.SIGINT, "1"), (signal.SIGTERM, "2")],
-    ids=["SIGTERM", "SIGINT", "SIGTERM-processes-2"],
+    ("sig", "processes", "when", "to"),
+    [
+        (signal.SIGTERM, "1", "importing", "parent"),
+        (signal.SIGINT, "1", "importing", "parent"),
+        (signal.SIGTERM, "2", "importing", "parent"),
+        (signal.SIGTERM, "2", "spawned", "parent"),
+        (signal.SIGINT, "2", "importing", "group"),
+    ],
+    ids=["SIGTERM", "SIGINT", "processes-2-SIGTERM", "processes-2-SIGTERM-at-spawn", "processes-2-Ctrl-C"],
 )
-def test_a_stop_while_importing_torch_and_faust_exits_0(
+def test_a_stop_while_starting_exits_0(
     broker: str,
     topics: dict[str, str],
     tiny_checkpoint: Path,
     tmp_path: Path,
     sig: signal.Signals,
     processes: str,
+    when: str,
+    to: str,
 ) -> None:
-    """The signal lands while the worker (each child, with --processes) imports torch: it was killed
-    by SIGTERM there (exit -15, which --processes counted as a failure: exit 143 and error lines)
-    and printed a traceback on SIGINT."""
+    """The signal lands while the worker (each child, with --processes) imports torch, or the
+    moment the parent has started them: it was killed by SIGTERM there (exit -15, which the parent
+    counted as a failure: exit 143 and error lines) and printed a traceback on SIGINT. Ctrl-C at a
+    terminal signals the whole process group: each worker gets SIGINT, then its parent's SIGTERM,
+    which killed it on its way out."""
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "worker", "worker",
@@ -86,6 +98,7 @@ def test_a_stop_while_importing_torch_and_faust_exits_0(
         ],
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # a process group of its own, as a command started at a terminal
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
@@ -93,18 +106,21 @@ def test_a_stop_while_importing_torch_and_faust_exits_0(
         if processes == "2":
             while len(workers := children_of(proc.pid)) < 2:
                 assert proc.poll() is None and time.monotonic() < deadline, "the parent started 2 workers"
-                time.sleep(0.01)
-        while not all(importing_torch(pid) for pid in workers):
+                time.sleep(0.002)
+        while when == "importing" and not all(importing_torch(pid) for pid in workers):
             assert proc.poll() is None and time.monotonic() < deadline, "the workers import torch"
             time.sleep(0.01)
-        proc.send_signal(sig)
+        if to == "group":
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         _, output = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, output
-    assert output.count(f"stopped while starting ({'SIGTERM' if processes == '2' else sig.name})") == len(
-        workers
-    ), output
+    assert len(re.findall(r"stopped while starting \(SIG(TERM|INT)\)", output)) == len(workers), output
+    if processes == "1":
+        assert f"stopped while starting ({sig.name})" in output
     assert "loading model from" not in output, output  # the stop came before the model
     assert "Traceback" not in output and '"level":"error"' not in output, output

@@ -8,13 +8,16 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from worker.processes import (
     PASSWORD_ENV,
+    STOP_SIGNALS,
     Slot,
     StopRequested,
     Supervisor,
@@ -187,6 +190,25 @@ def test_a_stop_request_terminates_all_and_a_clean_stop_exits_0() -> None:
     assert h.supervisor.exit_code == 0
 
 
+def test_a_second_stop_request_while_stopping_kills_the_children_still_running(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness()
+    h.supervisor.request_stop()
+    h.after(0)
+    h.spawned[0].returncode = 0  # stopped cleanly already
+    h.supervisor.request_stop()  # Ctrl-C again: the other one takes too long
+    assert h.after(0)
+    assert [c.signals for c in h.spawned] == [[signal.SIGTERM], [signal.SIGTERM, signal.SIGKILL]]
+    h.supervisor.request_stop()  # a third changes nothing
+    h.after(0)
+    assert h.spawned[1].signals == [signal.SIGTERM, signal.SIGKILL]
+    assert f"killing 1 worker process(es) (pids {h.spawned[1].pid})" in caplog.text
+    h.spawned[1].returncode = -signal.SIGKILL
+    assert not h.after(0.2)
+    assert h.supervisor.exit_code == 128 + signal.SIGKILL, "a forced stop is not a clean one"
+
+
 def test_a_child_dying_while_stopping_is_not_restarted_and_sets_the_code() -> None:
     h = Harness()
     h.supervisor.request_stop()
@@ -225,9 +247,20 @@ def test_signals_while_loading_raise_stop_requested_and_the_handlers_come_back(s
     assert {s: signal.getsignal(s) for s in before} == before
 
 
+@pytest.fixture
+def handlers() -> Iterator[None]:
+    """SIGTERM's and SIGINT's handlers (and mask) as they were before the test, whatever it left."""
+    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    yield
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signals_while_starting_let_the_block_finish_then_raise_and_the_handlers_come_back(sig: int) -> None:
-    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+def test_signals_while_starting_let_the_block_finish_then_raise_and_are_ignored_after(
+    sig: int, handlers: None
+) -> None:
     finished = False
     with pytest.raises(StopRequested, match=signal.Signals(sig).name), stop_after():
         os.kill(os.getpid(), sig)
@@ -235,10 +268,39 @@ def test_signals_while_starting_let_the_block_finish_then_raise_and_the_handlers
         time.sleep(0.05)  # not interrupted (an import of torch is not cut half way)
         finished = True
     assert finished
-    assert {s: signal.getsignal(s) for s in before} == before
+    # the process is ending: a second signal (the --processes parent's SIGTERM) cannot kill it
+    assert all(signal.getsignal(s) is signal.SIG_IGN for s in STOP_SIGNALS)
+    os.kill(os.getpid(), signal.SIGTERM)  # ignored: this test goes on
+    time.sleep(0.05)
 
 
-def test_an_error_in_the_starting_block_is_raised_as_it_is() -> None:
+def test_without_a_stop_the_handlers_come_back(handlers: None) -> None:
+    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    with stop_after():
+        pass
+    assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
+
+
+def test_a_signal_held_blocked_since_the_start_is_noted_once_the_block_begins(handlers: None) -> None:
+    """How a --processes worker starts: its stop signals blocked (pending, not lost) until its own
+    handlers are in place."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    # to this thread (a worker starts with one thread only; pytest may have others, which a signal
+    # to the process could be delivered to): pending, neither delivered nor lost
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+    assert signal.SIGTERM in signal.sigpending()
+    with pytest.raises(StopRequested, match="SIGTERM"), stop_after():
+        assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def test_a_final_stop_leaves_the_signals_ignored(handlers: None) -> None:
+    with pytest.raises(StopRequested), stop_on_signals(final=True):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    assert all(signal.getsignal(s) is signal.SIG_IGN for s in STOP_SIGNALS)
+
+
+def test_an_error_in_the_starting_block_is_raised_as_it_is(handlers: None) -> None:
     with pytest.raises(ValueError, match="bad setting"), stop_after():
         os.kill(os.getpid(), signal.SIGTERM)
         raise ValueError("bad setting")

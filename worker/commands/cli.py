@@ -177,7 +177,8 @@ def worker(**options: Any) -> None:
     Offsets are committed only after the results of a batch are acknowledged by the broker
     (at-least-once). Serves /metrics, /healthz and /readyz on --web-port. Stops cleanly on
     SIGTERM or Ctrl-C, also while it starts and loads the model. --processes N runs N such
-    workers in one consumer group, and restarts one that dies (at most 5 restarts in 5 minutes).
+    workers in one consumer group, and restarts one that dies (at most 5 restarts in 5 minutes);
+    a second SIGTERM or Ctrl-C while they stop kills them.
 
     --web-host is 0.0.0.0 by default because in a container the kubelet's probes and Prometheus
     reach the pod's IP, not its loopback. On a shared host bind 127.0.0.1 (or a private
@@ -213,15 +214,15 @@ def worker(**options: Any) -> None:
     if settings.processes == 1:
         run_worker(settings)
         return
-    # the supervisor only starts and watches the N workers: it never imports torch, transformers or
-    # faust (seconds of CPU and hundreds of MB of memory each child has, the parent would not use)
+    # the supervisor only starts and watches the N workers: it imports neither torch nor transformers
+    # (seconds of CPU and hundreds of MB of memory each child has, the parent would not use)
     from models.demo.default import default_checkpoint
     from worker.kafka.admin import require_reachable
     from worker.kafka.security import aiokafka_security
     from worker.processes import child_env, run_processes, stop_on_signals
 
     try:
-        with stop_on_signals():
+        with stop_on_signals(final=True):
             require_reachable(settings.broker_list, security=aiokafka_security(settings))
             checkpoint = settings.checkpoint or default_checkpoint(settings.home)  # once, not N times
     except StopRequested as stop:
