@@ -72,6 +72,7 @@ class KafkaService(Service):
         publisher: KafkaPublisher,
         source: KafkaSource,
         model_busy_s: Callable[[], float] = lambda: 0.0,
+        app_crash: Callable[[], BaseException | None] = lambda: None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -79,6 +80,7 @@ class KafkaService(Service):
         self.publisher = publisher
         self.source = source
         self.model_busy_s = model_busy_s
+        self.app_crash = app_crash  # the app's crash reason: set when the stop comes from a crash
 
     async def on_start(self) -> None:
         s = self.settings
@@ -114,7 +116,9 @@ class KafkaService(Service):
             # everything else is stopped and committed, its batch was abandoned uncommitted
             log.warning("a model call is still running after %.0f s; exiting without waiting for it", busy)
             logging.shutdown()
-            os._exit(0)
+            # a crash stays a failure (1, as a crash without a hung call ends): an exit 0 would
+            # read as a clean stop, which --processes does not restart
+            os._exit(0 if self.app_crash() is None else 1)
 
 
 def create_app(settings: Settings, classifier: Classifier, registry: CollectorRegistry) -> faust.App:
@@ -185,8 +189,9 @@ def create_app(settings: Settings, classifier: Classifier, registry: CollectorRe
     lag = LagTracker(source, metrics, settings.input_topic)
     scheduler.on_finished = lag.on_finished
     app.kafka = KafkaService(
-        settings, publisher, source, processor.model_busy_s, loop=app.loop, beacon=app.beacon
-    )
+        settings, publisher, source, processor.model_busy_s, lambda: app.crash_reason,
+        loop=app.loop, beacon=app.beacon,
+    )  # fmt: skip
 
     idle_probe_s = getattr(engine, "idle_probe_s", None)
     if idle_probe_s:  # readiness follows the embeddings server even when no review arrives
