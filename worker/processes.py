@@ -341,7 +341,8 @@ class StopRequested(KeyboardInterrupt):
 @contextlib.contextmanager
 def stop_after(signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
     """Inside the block, ``signals`` are only noted; once the block has run to its end,
-    :class:`StopRequested` is raised if one came. The previous handlers are restored.
+    :class:`StopRequested` is raised if one came. Without a stop the previous handlers are
+    restored; after one the signals stay ignored while the process ends.
 
     For the seconds a worker spends importing torch, transformers and faust, before it loads the
     model: until now SIGTERM killed it there (exit -15, a crash to ``--processes``) and SIGINT
@@ -349,8 +350,7 @@ def stop_after(signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGIN
     could leave the stop to a library's ``except BaseException``; a note cannot be lost.
 
     ``signals`` blocked when the block starts (a ``--processes`` worker starts with them blocked)
-    are unblocked: one that came before is noted then. After a stop the handlers are not restored:
-    the signals stay ignored while the process ends.
+    are unblocked: one that came before is noted then.
     """
     noted: list[str] = []
 
