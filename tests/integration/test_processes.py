@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 import urllib.request
 from collections import Counter
@@ -129,16 +130,25 @@ def test_two_processes_split_the_partitions_and_answer_each_input_once(
     assert all(get(p, "/healthz")[0] == 0 for p in ports), "both children stopped"
 
 
-def test_a_child_killed_mid_stream_is_restarted_and_every_input_gets_a_result(
+def start_two_small_batched(
     broker: str, topics: dict[str, str], start_worker: WorkerFactory
-) -> None:
-    n = 3000
+) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """``--processes 2`` with small batches, one in flight (so a backlog keeps both busy), on
+    topics of PARTITIONS partitions; once both workers are ready: the parent and their ports."""
     asyncio.run(
         create_topics(broker, [topics["input"], topics["output"], topics["dlq"]], partitions=PARTITIONS)
     )
     parent = start_worker("--processes", "2", "--batch-size", "8", "--max-in-flight", "1")
     ports = [parent.web_port, parent.web_port + 1]  # type: ignore[attr-defined]
     wait_until(lambda: all(get(p, "/readyz")[0] == 200 for p in ports), 90, "both children ready")
+    return parent, ports
+
+
+def test_a_child_killed_mid_stream_is_restarted_and_every_input_gets_a_result(
+    broker: str, topics: dict[str, str], start_worker: WorkerFactory
+) -> None:
+    n = 3000
+    parent, ports = start_two_small_batched(broker, topics, start_worker)
     victim = child_on_port(parent.pid, ports[1])
     assert victim is not None
 
@@ -182,12 +192,7 @@ def test_the_workers_stop_cleanly_when_the_parent_is_killed_9_mid_stream(
     finish and commit what they took and free their ports, where they ran on unsupervised and
     held the ports against the parent started again. The ledger: a new worker repeats nothing."""
     n = 2000
-    asyncio.run(
-        create_topics(broker, [topics["input"], topics["output"], topics["dlq"]], partitions=PARTITIONS)
-    )
-    parent = start_worker("--processes", "2", "--batch-size", "8", "--max-in-flight", "1")
-    ports = [parent.web_port, parent.web_port + 1]  # type: ignore[attr-defined]
-    wait_until(lambda: all(get(p, "/readyz")[0] == 200 for p in ports), 90, "both children ready")
+    parent, ports = start_two_small_batched(broker, topics, start_worker)
     children = children_of(parent.pid)
     assert len(children) == 2
     reviews = sample_reviews(200, seed=6)
