@@ -45,6 +45,9 @@ RESTART_LIMIT = 5  # restarts allowed (all children together) ...
 RESTART_WINDOW_S = 300.0  # ... within this many seconds; one more and the parent gives up
 BACKOFF_S = 1.0  # the first restart's delay, doubled for each restart in the window
 POLL_S = 0.2
+BROKER_POLL_S = 5.0  # how often a worker waiting for the broker to answer again is retried
+EXIT_CHECKS = 2  # a worker's start-up checks failed (settings, web port, broker): one line on stderr
+EXIT_SPAWN = 1  # the code given to a worker process that could not be started at all
 
 
 def without_password(args: Sequence[str]) -> list[str]:
@@ -143,6 +146,7 @@ class Slot:
     port: int
     process: Child | None = None
     restart_at: float | None = None  # a restart is due at this time
+    waiting_for_broker: bool = False  # ... once a broker answers again
 
 
 class Supervisor:
@@ -154,6 +158,15 @@ class Supervisor:
     together: a machine that kills its workers faster than that (bad GPU, memory) is not helped
     by more restarts, so past the limit the others are stopped and the parent exits with the
     failing code. A child that exits 0 by itself (someone sent it SIGTERM) is not restarted.
+    A child that could not be started at all (``Popen`` failed: no memory to fork, the Python
+    executable gone) counts as one that died at once.
+
+    A broker outage is not a crash: a child that exits with :data:`EXIT_CHECKS` while
+    ``broker_problem`` (the parent's own check, None when a broker answers) says no broker
+    answers is started again once one does, checked every ``broker_poll_s``, without counting
+    toward the limit. Otherwise an outage during a restart would use up the limit in seconds and
+    stop the healthy children too, which ride it out by themselves.
+
     Driven by :meth:`step`, so the policy is tested with fake children and a fake clock.
     """
 
@@ -166,10 +179,13 @@ class Supervisor:
         limit: int = RESTART_LIMIT,
         window_s: float = RESTART_WINDOW_S,
         backoff_s: float = BACKOFF_S,
+        broker_problem: Callable[[], str | None] | None = None,
+        broker_poll_s: float = BROKER_POLL_S,
     ) -> None:
         self.slots = list(slots)
         self.spawn, self.clock = spawn, clock
         self.limit, self.window_s, self.backoff_s = limit, window_s, backoff_s
+        self.broker_problem, self.broker_poll_s = broker_problem, broker_poll_s
         self.restarts: deque[float] = deque()  # times of recent restarts
         self.stop_requests = 0  # counted by the signal handler, acted on by step()
         self.stopping = False
@@ -177,10 +193,22 @@ class Supervisor:
         self.code = 0  # the first failure that ends the parent, as a Popen return code
 
     def start(self) -> None:
+        now = self.clock()
         for slot in self.slots:
-            slot.process = self.spawn(slot.command)
+            self.launch(slot, now)
         pids = ", ".join(str(s.process.pid) for s in self.slots if s.process is not None)
         log.info("started %d worker processes (pids %s)", len(self.slots), pids)
+
+    def launch(self, slot: Slot, now: float) -> bool:
+        """Start the slot's child; a failure to start counts as a child that died at once."""
+        try:
+            slot.process = self.spawn(slot.command)
+        except (OSError, subprocess.SubprocessError) as exc:  # fork or exec failed, or the preexec_fn
+            self.exited(
+                slot, f"worker process (port {slot.port}) could not be started ({exc})", EXIT_SPAWN, now
+            )
+            return False
+        return True
 
     def request_stop(self) -> None:
         """Safe from a signal handler: only counts, :meth:`step` sends the signals. The first
@@ -195,26 +223,54 @@ class Supervisor:
         elif self.stop_requests > 1 and self.stopping and not self.killing:
             self.kill_all()
         now = self.clock()
+        broker: list[str | None] = []  # the parent's broker check, made at most once a step
         for slot in self.slots:
             if slot.process is not None:
                 code = slot.process.poll()
                 if code is not None:
                     pid, slot.process = slot.process.pid, None
-                    self.exited(slot, pid, code, now)
+                    self.exited(
+                        slot, f"worker process {pid} (port {slot.port}) {describe_exit(code)}", code, now
+                    )
             elif slot.restart_at is not None and now >= slot.restart_at:
+                if slot.waiting_for_broker:
+                    if not broker:
+                        broker.append(self.check_broker())
+                    if broker[0] is not None:
+                        slot.restart_at = now + self.broker_poll_s
+                        continue
+                    slot.waiting_for_broker = False
+                    log.info("a broker answers again: starting the worker process on port %d", slot.port)
                 slot.restart_at = None
-                slot.process = self.spawn(slot.command)
-                log.info("worker process on port %d restarted (pid %d)", slot.port, slot.process.pid)
+                if self.launch(slot, now) and slot.process is not None:
+                    log.info("worker process on port %d restarted (pid %d)", slot.port, slot.process.pid)
         return any(s.process is not None or s.restart_at is not None for s in self.slots)
 
-    def exited(self, slot: Slot, pid: int, code: int, now: float) -> None:
-        what = f"worker process {pid} (port {slot.port}) {describe_exit(code)}"
+    def check_broker(self) -> str | None:
+        """Why no broker answers, or None when one does (or the check itself failed)."""
+        if self.broker_problem is None:
+            return None
+        try:
+            return self.broker_problem()
+        except Exception:  # a bug in the check must not end the supervision of the others
+            log.exception("the broker check failed: taking it that a broker answers")
+            return None
+
+    def exited(self, slot: Slot, what: str, code: int, now: float) -> None:
+        """``slot``'s child ended with ``code`` (a Popen return code; ``what`` says so in words):
+        restart it, wait for the broker, or give up."""
         if code == 0:
             log.log(logging.INFO if self.stopping else logging.WARNING, "%s", what)
             return
         if self.stopping:
             log.error("%s while stopping", what)
             self.code = self.code or code
+            return
+        if code == EXIT_CHECKS and (problem := self.check_broker()) is not None:
+            slot.waiting_for_broker, slot.restart_at = True, now + self.broker_poll_s
+            log.warning("%s: the broker is away (%s); starting it again once a broker answers "
+                        "(checked every %.0f s; not counted as a restart)", what, problem,
+                        self.broker_poll_s)  # fmt: skip
             return
         while self.restarts and now - self.restarts[0] >= self.window_s:
             self.restarts.popleft()
@@ -234,7 +290,7 @@ class Supervisor:
         """SIGTERM to every running child (each finishes its batch and commits); no more restarts."""
         self.stopping = True
         for slot in self.slots:
-            slot.restart_at = None
+            slot.restart_at, slot.waiting_for_broker = None, False
             if slot.process is not None and slot.process.poll() is None:
                 slot.process.send_signal(signal.SIGTERM)
 
@@ -290,10 +346,12 @@ def run_processes(
     checkpoint: Path,
     first_port: int,
     env: Mapping[str, str] | None = None,
+    broker_problem: Callable[[], str | None] | None = None,
 ) -> int:
     """Start ``count`` workers and supervise them until all have exited; the exit code.
 
-    ``env``: the children's environment (:func:`child_env`); ours when None.
+    ``env``: the children's environment (:func:`child_env`); ours when None. ``broker_problem``:
+    why no broker answers, None when one does (see :class:`Supervisor`).
     """
     ports = web_ports(first_port, count)
     slots = [Slot(child_command(args, checkpoint=checkpoint, web_port=port), port) for port in ports]
@@ -313,7 +371,7 @@ def run_processes(
     def spawn(command: list[str]) -> Child:
         return subprocess.Popen(command, env=environ, preexec_fn=preexec)
 
-    supervisor = Supervisor(slots, spawn)
+    supervisor = Supervisor(slots, spawn, broker_problem=broker_problem)
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
         supervisor.request_stop()

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from tests.faults.ledger import Topics
 from worker.commands.dev_broker import DevBroker
 from worker.ports import free_port
@@ -230,6 +232,15 @@ class ReadyzPoller:
     def __exit__(self, *exc: object) -> None:
         self.done.set()
         self.thread.join(timeout=5)
+
+
+def children(pid: int, timeout_s: float = 60, count: int = 2) -> list[psutil.Process]:
+    """The first ``count`` child processes of ``pid`` (a ``--processes`` parent's workers)."""
+    deadline = time.monotonic() + timeout_s
+    while len(kids := psutil.Process(pid).children()) < count:
+        assert time.monotonic() < deadline, f"the parent started {len(kids)} of {count} children"
+        time.sleep(0.2)
+    return kids
 
 
 @contextlib.contextmanager

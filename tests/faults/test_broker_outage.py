@@ -23,14 +23,15 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 from aiokafka.partitioner import murmur2
 
 from tests.faults.conftest import LONG, QUICK, FleetFactory, LedgerFactory, Sizes, create_topics
-from tests.faults.harness import Fleet, ReadyzPoller, Worker, frozen
+from tests.faults.harness import Fleet, ReadyzPoller, Worker, children, frozen, readyz
 from tests.faults.ledger import Ledger, Message, Report, Sent, Topics, reviews
 from worker.commands.dev_broker import DevBroker
-from worker.ports import free_port
+from worker.ports import free_port, free_ports
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 BATCH, IN_FLIGHT = 8, 2
@@ -94,6 +95,56 @@ def test_a_frozen_broker_loses_nothing(
     assert report.duplicates <= (IN_FLIGHT + 2) * BATCH, report.summary
     assert report.dead_letters == 0 and report.unknown == 0, report.summary
     assert not worker.crashed_lines(), worker.tail()
+
+
+def test_processes_2_a_child_restarted_while_the_broker_is_away_waits_for_it(
+    own_broker: DevBroker,
+    fault_topics: Topics,
+    make_fleet: FleetFactory,
+    open_ledger: LedgerFactory,
+    sizes: Sizes,
+) -> None:
+    """``--processes 2`` under load; the broker freezes and one child is killed -9 meanwhile (an
+    OOM kill during an outage). Its restart finds no broker and exits 2: the parent must wait for
+    the broker rather than count it as a crash (5 such restarts would stop the healthy child and
+    end the parent), then start it again once the broker is back. Nothing is lost."""
+    n = sizes.processes_backlog
+    ledger = open_ledger(own_broker.bootstrap, fault_topics)
+    ledger.produce(reviews(n, "w"))
+    fleet = make_fleet(own_broker.bootstrap, fault_topics)
+    parent = fleet.start("--processes", "2", "--batch-size", "16", ready=False, web_port=free_ports(2))
+    ports = (parent.web_port, parent.web_port + 1)
+    deadline = time.monotonic() + 90
+    while not all(readyz(p)[0] == 200 for p in ports):
+        assert parent.alive() and time.monotonic() < deadline, parent.tail()
+        time.sleep(0.2)
+    victim, other = children(parent.pid)
+    ledger.wait_outputs(n // 10, timeout_s=sizes.drain_s)
+    with frozen(own_broker):
+        at_freeze = ledger.outputs()
+        victim.kill()
+        # its restart (1 s on) imports torch, finds no broker within 5 s and exits 2; the parent's
+        # own check agrees, so it waits
+        parent.wait_log("the broker is away", timeout_s=120)
+        time.sleep(2 * 5.0)  # two of the parent's checks: the child is not started again meanwhile
+        assert len(psutil.Process(parent.pid).children()) == 1, "started again with the broker away"
+    parent.wait_log("a broker answers again", timeout_s=60)
+    deadline = time.monotonic() + 120
+    while not all(readyz(p)[0] == 200 for p in ports):
+        assert parent.alive() and time.monotonic() < deadline, parent.tail()
+        time.sleep(0.2)
+
+    report = ledger.wait(timeout_s=sizes.drain_s)
+    print(f"--processes 2, broker frozen and a child killed at {at_freeze} outputs: {report.summary}")
+    assert at_freeze < n, "the freeze came after the backlog was done: not under load"
+    assert not report.lost, f"{report.summary}; lost e.g. {report.lost[:5]}"
+    # the kill, and the healthy child's session expiring in the freeze: batches in flight repeat
+    assert report.duplicates <= 2 * (4 + 2) * 16, report.summary  # the default --max-in-flight is 4
+    assert report.dead_letters == 0 and report.unknown == 0, report.summary
+    assert other.is_running() and other.status() != psutil.STATUS_ZOMBIE, "the healthy child was stopped"
+    log = parent.log_text()
+    assert "restart 2 of" not in log and "stopping the others" not in log, parent.tail()
+    assert parent.terminate() == 0, parent.tail()
 
 
 def stored_twice(broker_log: Path, topic: str) -> set[int]:

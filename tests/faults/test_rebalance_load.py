@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from tests.faults.conftest import FleetFactory, LedgerFactory, Sizes
-from tests.faults.harness import Fleet, readyz
+from tests.faults.harness import Fleet, children, readyz
 from tests.faults.ledger import Ledger, Topics, reviews
 from worker.ports import free_ports
 
@@ -73,14 +73,6 @@ def test_workers_joining_leaving_and_dying_under_load(fleet: Fleet, ledger: Ledg
     for w in survivors:
         assert not w.crashed_lines(), w.tail()
     assert not fleet.unexpected_exits(), fleet.unexpected_exits()
-
-
-def children(pid: int, timeout_s: float = 60, count: int = 2) -> list[psutil.Process]:
-    deadline = time.monotonic() + timeout_s
-    while len(kids := psutil.Process(pid).children()) < count:
-        assert time.monotonic() < deadline, f"the parent started {len(kids)} of {count} children"
-        time.sleep(0.2)
-    return kids
 
 
 def test_processes_2_one_child_killed_loses_nothing_and_the_rest_keeps_running(

@@ -90,11 +90,26 @@ class Harness:
     def __init__(self, **kwargs: float) -> None:
         self.clock = Clock()
         self.spawned: list[FakeChild] = []
+        self.spawn_error: OSError | None = None  # what Popen raises, while set
+        self.broker_away: str | None = None  # what the parent's broker check says, while set
+        self.broker_checks = 0
         slots = [Slot(["worker", f"--web-port={p}"], p) for p in (7000, 7001)]
-        self.supervisor = Supervisor(slots, self.spawn, clock=self.clock, **kwargs)  # type: ignore[arg-type]
+        self.supervisor = Supervisor(
+            slots,
+            self.spawn,
+            clock=self.clock,
+            broker_problem=self.broker_problem,
+            **kwargs,  # type: ignore[arg-type]
+        )
         self.supervisor.start()
 
+    def broker_problem(self) -> str | None:
+        self.broker_checks += 1
+        return self.broker_away
+
     def spawn(self, command: list[str]) -> FakeChild:
+        if self.spawn_error is not None:
+            raise self.spawn_error
         child = FakeChild(command)
         self.spawned.append(child)
         return child
@@ -235,6 +250,127 @@ def test_a_child_that_stops_cleanly_by_itself_is_not_restarted() -> None:
     assert h.after(10) and len(h.spawned) == 2
     h.running(7001).returncode = 0
     assert not h.after(0.2) and h.supervisor.exit_code == 0
+
+
+def test_exit_2_with_the_broker_answering_is_a_failure_like_any_other() -> None:
+    h = Harness()
+    h.running(7000).returncode = 2  # a start-up check failed, and not the broker: a deleted checkpoint?
+    h.after(0)
+    assert len(h.supervisor.restarts) == 1 and h.broker_checks == 1
+    h.after(1.0)
+    assert len(h.spawned) == 3, "restarted after the usual backoff"
+
+
+def test_a_child_that_finds_the_broker_away_waits_for_it_and_is_not_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness()
+    healthy = h.running(7001)
+    h.broker_away = "cannot reach any Kafka broker in 127.0.0.1:9092 (refused)"
+    with caplog.at_level(logging.INFO, logger="worker.processes"):
+        h.running(7000).returncode = -signal.SIGKILL  # an OOM kill, during a broker outage
+        h.after(0)
+        for _ in range(6):  # more failed starts than the limit (5): a broker that flaps
+            h.after(20)  # restarted
+            h.running(7000).returncode = 2  # its start-up check: no broker answers
+            h.after(0)
+            for _ in range(20):  # 100 s of outage: not started again, nothing stopped
+                assert h.after(5.0)
+                assert h.supervisor.slots[0].process is None and not h.supervisor.stopping
+            h.broker_away = None  # back ...
+            h.after(5.0)
+            assert h.running(7000).command == ["worker", "--web-port=7000"]
+            h.broker_away = "cannot reach any Kafka broker in 127.0.0.1:9092 (refused)"  # ... and away
+    assert not h.supervisor.stopping and healthy.signals == [], "the healthy child is left alone"
+    assert h.running(7001) is healthy and len(h.spawned) == 2 + 1 + 6
+    assert not h.supervisor.stopping and healthy.signals == [], "the healthy child is left alone"
+    assert len(h.supervisor.restarts) == 1, "only the kill counted, not the outage"
+    assert "the broker is away (cannot reach any Kafka broker" in caplog.text
+    assert "not counted as a restart" in caplog.text
+    assert "a broker answers again: starting the worker process on port 7000" in caplog.text
+
+
+def test_the_broker_is_checked_once_a_step_however_many_children_wait() -> None:
+    h = Harness()
+    h.broker_away = "away"
+    for port in (7000, 7001):
+        h.running(port).returncode = 2
+    h.after(0)
+    checks = h.broker_checks
+    h.after(5.0)
+    assert h.broker_checks == checks + 1
+    assert all(s.process is None and s.waiting_for_broker for s in h.supervisor.slots)
+
+
+def test_a_failing_broker_check_counts_the_exit_as_a_failure(caplog: pytest.LogCaptureFixture) -> None:
+    def broken() -> str | None:
+        raise RuntimeError("a bug in the check")
+
+    clock = Clock()
+    supervisor = Supervisor([Slot(["worker"], 7000)], FakeChild, clock=clock, broker_problem=broken)  # type: ignore[arg-type]
+    supervisor.start()
+    assert isinstance(supervisor.slots[0].process, FakeChild)
+    supervisor.slots[0].process.returncode = 2
+    assert supervisor.step() and len(supervisor.restarts) == 1, "restarted with the usual backoff"
+    assert "the broker check failed: taking it that a broker answers" in caplog.text
+
+
+def test_a_stop_request_while_waiting_for_the_broker_ends_with_0() -> None:
+    h = Harness()
+    h.broker_away = "away"
+    h.running(7000).returncode = 2
+    h.after(0)
+    h.supervisor.request_stop()
+    h.running(7001).returncode = 0
+    assert not h.after(0), "nothing left to wait for"
+    assert h.supervisor.exit_code == 0 and len(h.spawned) == 2
+
+
+def test_a_child_that_cannot_be_started_is_retried_like_a_crash(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness()
+    h.running(7000).returncode = -signal.SIGKILL
+    h.after(0)
+    h.spawn_error = OSError(12, "Cannot allocate memory")  # fork failed
+    with caplog.at_level(logging.WARNING, logger="worker.processes"):
+        h.after(1.0)
+    assert h.supervisor.slots[0].process is None and len(h.supervisor.restarts) == 2
+    assert (
+        "worker process (port 7000) could not be started ([Errno 12] Cannot allocate memory)" in caplog.text
+    )
+    h.spawn_error = None
+    h.after(2.0)
+    assert h.supervisor.slots[0].process is not None and not h.supervisor.stopping
+
+
+def test_a_child_that_never_starts_ends_the_parent_with_1_after_the_limit() -> None:
+    h = Harness()
+    h.spawn_error = FileNotFoundError(2, "No such file or directory")  # the executable was removed
+    h.running(7000).returncode = 1
+    h.after(0)
+    for _ in range(5):
+        h.after(20)
+    other = h.running(7001)
+    assert h.supervisor.stopping and other.signals == [signal.SIGTERM]
+    other.returncode = 0
+    assert not h.after(0.2)
+    assert h.supervisor.exit_code == 1
+
+
+def test_a_child_that_cannot_be_started_at_first_is_retried() -> None:
+    clock = Clock()
+    calls: list[list[str]] = []
+
+    def spawn(command: list[str]) -> FakeChild:
+        calls.append(command)
+        if len(calls) == 1:
+            raise OSError(11, "Resource temporarily unavailable")
+        return FakeChild(command)
+
+    supervisor = Supervisor([Slot(["worker"], 7000)], spawn, clock=clock)
+    supervisor.start()
+    assert supervisor.slots[0].process is None and supervisor.step()
+    clock.now += 1.0
+    assert supervisor.step() and supervisor.slots[0].process is not None and len(calls) == 2
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

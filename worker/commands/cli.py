@@ -177,8 +177,9 @@ def worker(**options: Any) -> None:
     Offsets are committed only after the results of a batch are acknowledged by the broker
     (at-least-once). Serves /metrics, /healthz and /readyz on --web-port. Stops cleanly on
     SIGTERM or Ctrl-C, also while it starts and loads the model. --processes N runs N such
-    workers in one consumer group, and restarts one that dies (at most 5 restarts in 5 minutes);
-    a second SIGTERM or Ctrl-C while they stop kills them.
+    workers in one consumer group, and restarts one that dies (at most 5 restarts in 5 minutes;
+    one restarted while the broker is away waits for it, uncounted); a second SIGTERM or Ctrl-C
+    while they stop kills them.
 
     --web-host is 0.0.0.0 by default because in a container the kubelet's probes and Prometheus
     reach the pod's IP, not its loopback. On a shared host bind 127.0.0.1 (or a private
@@ -231,6 +232,17 @@ def worker(**options: Any) -> None:
     args = sys.argv[1:]
     args = args[args.index("worker") + 1 :]
     password = settings.sasl_password.get_secret_value() if settings.sasl_password else None
+
+    def broker_problem() -> str | None:
+        """Why no broker answers, else None: a worker that exits 2 then waits, not crash-loops."""
+        try:
+            require_reachable(settings.broker_list, security=aiokafka_security(settings))
+        except ConfigError as exc:  # none answers
+            return str(exc)
+        except SentimentError:  # one answers and refuses the login or TLS: no outage
+            return None
+        return None
+
     sys.exit(
         run_processes(
             args,
@@ -238,6 +250,7 @@ def worker(**options: Any) -> None:
             checkpoint=checkpoint,
             first_port=settings.web_port,
             env=child_env(os.environ, password),
+            broker_problem=broker_problem,
         )
     )
 
