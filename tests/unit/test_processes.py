@@ -307,7 +307,7 @@ def test_a_failing_broker_check_counts_the_exit_as_a_failure(caplog: pytest.LogC
         raise RuntimeError("a bug in the check")
 
     clock = Clock()
-    supervisor = Supervisor([Slot(["worker"], 7000)], FakeChild, clock=clock, broker_problem=broken)  # type: ignore[arg-type]
+    supervisor = Supervisor([Slot(["worker"], 7000)], FakeChild, clock=clock, broker_problem=broken)
     supervisor.start()
     assert isinstance(supervisor.slots[0].process, FakeChild)
     supervisor.slots[0].process.returncode = 2
