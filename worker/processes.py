@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import logging
 import os
 import signal
@@ -34,6 +35,7 @@ from types import FrameType
 from typing import Protocol
 
 from schemas.errors import ConfigError
+from worker.liveness import Unhealthy, healthz, probe_host
 from worker.ports import bind_problem, describe_bind_problem
 from worker.settings import ENV_PREFIX
 
@@ -48,6 +50,10 @@ POLL_S = 0.2
 BROKER_POLL_S = 5.0  # how often a worker waiting for the broker to answer again is retried
 EXIT_CHECKS = 2  # a worker's start-up checks failed (settings, web port, broker): one line on stderr
 EXIT_SPAWN = 1  # the code given to a worker process that could not be started at all
+EXIT_UNHEALTHY = 1  # ... and to one stopped for failing its liveness probe, if it then exits 0
+PROBE_EVERY_S = 10.0  # how often the parent asks each worker's /healthz (a kubelet's period) ...
+PROBE_FAILURES = 3  # ... and how many failures in a row replace it
+REPLACE_GRACE_S = 60.0  # SIGTERM to an unhealthy worker that answers, SIGKILL this much later
 
 
 def without_password(args: Sequence[str]) -> list[str]:
@@ -147,6 +153,10 @@ class Slot:
     process: Child | None = None
     restart_at: float | None = None  # a restart is due at this time
     waiting_for_broker: bool = False  # ... once a broker answers again
+    probe_at: float = 0.0  # the next liveness probe is due at this time
+    probe_failures: int = 0  # failed in a row
+    replacing_since: float | None = None  # stopped for failing its probe at this time ...
+    killed: bool = False  # ... and sent SIGKILL
 
 
 class Supervisor:
@@ -167,6 +177,14 @@ class Supervisor:
     toward the limit. Otherwise an outage during a restart would use up the limit in seconds and
     stop the healthy children too, which ride it out by themselves.
 
+    A hung child is a crash too: with ``probe`` (a port's liveness, :func:`worker.liveness.healthz`),
+    each child's ``/healthz`` is asked every ``probe_every_s``, and after ``probe_failures``
+    failures in a row the child is replaced: SIGKILL when it does not answer at all (its event
+    loop is blocked, it could not act on SIGTERM), else SIGTERM (a hung model call: it commits
+    what it published and leaves the group) and SIGKILL after ``replace_grace_s``. Its exit then
+    counts as a restart, like any crash. Children on port 0 (any free port) are not probed: the
+    parent does not know their ports.
+
     Driven by :meth:`step`, so the policy is tested with fake children and a fake clock.
     """
 
@@ -181,11 +199,17 @@ class Supervisor:
         backoff_s: float = BACKOFF_S,
         broker_problem: Callable[[], str | None] | None = None,
         broker_poll_s: float = BROKER_POLL_S,
+        probe: Callable[[int], Unhealthy | None] | None = None,
+        probe_every_s: float = PROBE_EVERY_S,
+        probe_failures: int = PROBE_FAILURES,
+        replace_grace_s: float = REPLACE_GRACE_S,
     ) -> None:
         self.slots = list(slots)
         self.spawn, self.clock = spawn, clock
         self.limit, self.window_s, self.backoff_s = limit, window_s, backoff_s
         self.broker_problem, self.broker_poll_s = broker_problem, broker_poll_s
+        self.probe, self.probe_every_s = probe, probe_every_s
+        self.probe_failures, self.replace_grace_s = probe_failures, replace_grace_s
         self.restarts: deque[float] = deque()  # times of recent restarts
         self.stop_requests = 0  # counted by the signal handler, acted on by step()
         self.stopping = False
@@ -201,6 +225,8 @@ class Supervisor:
 
     def launch(self, slot: Slot, now: float) -> bool:
         """Start the slot's child; a failure to start counts as a child that died at once."""
+        slot.probe_at, slot.probe_failures = now + self.probe_every_s, 0
+        slot.replacing_since, slot.killed = None, False
         try:
             slot.process = self.spawn(slot.command)
         except (OSError, subprocess.SubprocessError) as exc:  # fork or exec failed, or the preexec_fn
@@ -229,9 +255,12 @@ class Supervisor:
                 code = slot.process.poll()
                 if code is not None:
                     pid, slot.process = slot.process.pid, None
-                    self.exited(
-                        slot, f"worker process {pid} (port {slot.port}) {describe_exit(code)}", code, now
-                    )
+                    what = f"worker process {pid} (port {slot.port}) {describe_exit(code)}"
+                    if slot.replacing_since is not None:  # a replacement, however it exited
+                        slot.replacing_since, what, code = None, f"{what}, replaced", code or EXIT_UNHEALTHY
+                    self.exited(slot, what, code, now)
+                elif not self.stopping:
+                    self.watch(slot, slot.process, now)
             elif slot.restart_at is not None and now >= slot.restart_at:
                 if slot.waiting_for_broker:
                     if not broker:
@@ -245,6 +274,43 @@ class Supervisor:
                 if self.launch(slot, now) and slot.process is not None:
                     log.info("worker process on port %d restarted (pid %d)", slot.port, slot.process.pid)
         return any(s.process is not None or s.restart_at is not None for s in self.slots)
+
+    def watch(self, slot: Slot, process: Child, now: float) -> None:
+        """Probe a running child when due; replace it after too many failures in a row."""
+        if slot.replacing_since is not None:
+            if not slot.killed and now - slot.replacing_since >= self.replace_grace_s:
+                log.error("worker process %d (port %d) still runs %.0f s after SIGTERM: SIGKILL",
+                          process.pid, slot.port, now - slot.replacing_since)  # fmt: skip
+                process.send_signal(signal.SIGKILL)
+                slot.killed = True
+            return
+        if self.probe is None or not slot.port or now < slot.probe_at:
+            return
+        try:
+            problem = self.probe(slot.port)
+        except Exception:  # a bug in the probe must not end the supervision of the others
+            log.exception("the liveness probe of port %d failed: taking the worker as healthy", slot.port)
+            problem = None
+        slot.probe_at = self.clock() + self.probe_every_s  # from the answer: a timeout took seconds
+        if problem is None:
+            slot.probe_failures = 0
+            return
+        slot.probe_failures += 1
+        what = f"worker process {process.pid} (port {slot.port}): {problem.reason}"
+        if slot.probe_failures < self.probe_failures:
+            log.warning("%s (%d of %d failed checks in a row replace it)",
+                        what, slot.probe_failures, self.probe_failures)  # fmt: skip
+            return
+        if problem.answers:
+            log.error("%s, %d checks in a row: replacing it (SIGTERM; SIGKILL in %.0f s)",
+                      what, slot.probe_failures, self.replace_grace_s)  # fmt: skip
+            process.send_signal(signal.SIGTERM)
+        else:
+            log.error("%s, %d checks in a row: replacing it (SIGKILL: it cannot act on SIGTERM)",
+                      what, slot.probe_failures)  # fmt: skip
+            process.send_signal(signal.SIGKILL)
+            slot.killed = True
+        slot.replacing_since = now
 
     def check_broker(self) -> str | None:
         """Why no broker answers, or None when one does (or the check itself failed)."""
@@ -347,11 +413,13 @@ def run_processes(
     first_port: int,
     env: Mapping[str, str] | None = None,
     broker_problem: Callable[[], str | None] | None = None,
+    web_host: str | None = None,
 ) -> int:
     """Start ``count`` workers and supervise them until all have exited; the exit code.
 
     ``env``: the children's environment (:func:`child_env`); ours when None. ``broker_problem``:
-    why no broker answers, None when one does (see :class:`Supervisor`).
+    why no broker answers, None when one does. ``web_host``: the workers' ``--web-host``, where
+    their ``/healthz`` is probed; None for no probes. See :class:`Supervisor`.
     """
     ports = web_ports(first_port, count)
     slots = [Slot(child_command(args, checkpoint=checkpoint, web_port=port), port) for port in ports]
@@ -371,7 +439,10 @@ def run_processes(
     def spawn(command: list[str]) -> Child:
         return subprocess.Popen(command, env=environ, preexec_fn=preexec)
 
-    supervisor = Supervisor(slots, spawn, broker_problem=broker_problem)
+    probe = None
+    if web_host is not None:
+        probe = functools.partial(healthz, probe_host(web_host))
+    supervisor = Supervisor(slots, spawn, broker_problem=broker_problem, probe=probe)
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
         supervisor.request_stop()

@@ -9,13 +9,15 @@ would. Everything else (CLI, settings, app, Kafka) is the code under test, uncha
 
 The stream's faults are armed once ``warm_up`` has returned, so ``--hang-at N`` and
 ``--broken-after N`` count the model calls made for the stream (and health probes), not the
-warm-up's. With ``--processes N`` the children are plain ``sentiment worker`` processes: the
-faults apply to this process only.
+warm-up's. With ``--processes N`` the children are plain ``sentiment worker`` processes and the
+faults apply to this process only, unless ``--in-children``: then each child is a fault worker
+with the same faults (``--hang-once-file`` makes a hang happen in one process of them all).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -34,12 +36,41 @@ def parse_faults(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--broken-after", type=int, default=None, help="every call after the Nth fails")
     parser.add_argument("--hang-s", type=float, default=0.0, help="how long the --hang-at call sleeps")
     parser.add_argument("--hang-at", type=int, default=None, help="the Nth call sleeps --hang-s")
+    parser.add_argument("--hang-once-file", default=None, help="hang only where this file is created")
+    parser.add_argument("--in-children", action="store_true", help="--processes children get the faults")
     return parser.parse_args(list(argv))
 
 
 def say(message: str) -> None:
     """A line in the worker's log (its stderr goes there) that the tests wait for."""
     print(f"fault_worker: {message}", file=sys.stderr, flush=True)
+
+
+def first_to_create(path: str | None) -> bool:
+    """True in the one process (of all that try) that creates ``path``; True when there is none."""
+    if path is None:
+        return True
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def faults_in_children(fault_argv: Sequence[str]) -> None:
+    """``--processes N`` children run as fault workers with ``fault_argv``: the parent's
+    ``worker.processes.child_command`` is wrapped (the command it builds is otherwise the same)."""
+    import worker.processes
+
+    build = worker.processes.child_command
+    passed = [a for a in fault_argv if a != "--in-children"]
+
+    def child_command(*args: Any, **kwargs: Any) -> list[str]:
+        command = build(*args, **kwargs)
+        assert command[1:4] == ["-m", "worker", "worker"], command
+        return [command[0], "-m", "tests.faults.fault_worker", *passed, "--", *command[4:]]
+
+    worker.processes.child_command = child_command
 
 
 class Faults:
@@ -64,8 +95,8 @@ class Faults:
                 n = self.calls
             if opts.delay_s:
                 time.sleep(opts.delay_s)
-            if opts.hang_at == n:
-                say(f"call {n} hangs for {opts.hang_s} s")
+            if opts.hang_at == n and first_to_create(opts.hang_once_file):
+                say(f"call {n} hangs for {opts.hang_s} s (pid {os.getpid()})")
                 time.sleep(opts.hang_s)
                 say(f"call {n} resumes")
             if opts.broken_after is not None and n > opts.broken_after:
@@ -111,7 +142,10 @@ def install(opts: argparse.Namespace) -> Faults:
 def main() -> None:
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
-    install(parse_faults(argv[:split]))
+    opts = parse_faults(argv[:split])
+    install(opts)
+    if opts.in_children:
+        faults_in_children(argv[:split])
     sys.argv = ["sentiment", "worker", *argv[split + 1 :]]
     import worker.commands.cli
 

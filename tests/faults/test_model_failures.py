@@ -1,4 +1,5 @@
-"""The model fails under load: out of memory, one bad text, a broken device, a hung call.
+"""The model fails under load: out of memory, one bad text, a broken device, a hung call (alone
+and in one of `--processes 2`).
 
 Faults are injected into the engine's ``forward`` (``fault_worker.py``), under the engine's
 split-on-OOM and the worker's one-by-one retry, so the real recovery code runs.
@@ -6,16 +7,20 @@ split-on-OOM and the worker's one-by-one retry, so the real recovery code runs.
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import orjson
+import psutil
 import pytest
 
 from tests.faults.conftest import Sizes
-from tests.faults.harness import Fleet, ReadyzPoller
+from tests.faults.harness import Fleet, ReadyzPoller, Worker, children, readyz
 from tests.faults.ledger import Ledger, Message, reviews
+from worker.ports import free_ports
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 SATURATED = ("--batch-size", "8", "--max-in-flight", "2")
@@ -124,3 +129,57 @@ def test_a_hung_model_call_makes_the_worker_not_ready_until_it_returns(
     assert healthz(worker.web_port) == 200
     assert not report.lost and report.duplicates == 0, report.summary
     assert worker.alive() and not worker.crashed_lines(), worker.tail()
+
+
+def test_processes_2_a_child_whose_model_call_hangs_is_replaced_and_nothing_is_stuck(
+    fleet: Fleet, ledger: Ledger, sizes: Sizes, tmp_path: Path
+) -> None:
+    """``--processes 2``, an unslowed tiny model, a backlog: one child's 20th model call hangs for
+    good (a wedged GPU). It goes on heartbeating, so Kafka leaves its partitions with it; a pod's
+    liveness probe reaches only the first port. The parent probes each child's /healthz: after
+    three failures in a row it replaces the hung one (SIGTERM, SIGKILL after 60 s), and the
+    partitions it held are worked again. The ledger: every input answered; the other child is
+    left alone."""
+    n = sizes.processes_backlog
+    ledger.produce(reviews(n, "g"))
+    hang = (
+        "--in-children",
+        "--hang-at",
+        "20",
+        "--hang-s",
+        "3600",
+        "--hang-once-file",
+        str(tmp_path / "hung"),
+    )
+    parent = fleet.start(
+        "--processes", "2", "--batch-size", "16", "--stuck-batch-s", "5",
+        faults=hang, ready=False, web_port=free_ports(2),
+    )  # fmt: skip
+    ports = (parent.web_port, parent.web_port + 1)
+    wait_ready(parent, ports)
+    kids = {kid.pid: kid for kid in children(parent.pid)}
+    parent.wait_log("hangs for", timeout_s=120)
+    at_hang = ledger.outputs()
+    [hung_pid] = [int(pid) for pid in re.findall(r"hangs for \S+ s \(pid (\d+)\)", parent.log_text())]
+    [other] = [kid for pid, kid in kids.items() if pid != hung_pid]
+    parent.wait_log("checks in a row: replacing it", timeout_s=120)
+    wait_ready(parent, ports, timeout_s=150)  # the replacement too
+
+    report = ledger.wait(timeout_s=sizes.drain_s)
+    print(f"--processes 2, a child hung at {at_hang} outputs: {report.summary}")
+    assert at_hang < n, "the hang came after the backlog was done: not mid-stream"
+    assert not report.lost, f"{report.summary}; lost e.g. {report.lost[:5]}"
+    assert report.duplicates <= (4 + 2) * 16, report.summary  # the default --max-in-flight is 4
+    assert report.dead_letters == 0, report.summary
+    assert not psutil.pid_exists(hung_pid) or psutil.Process(hung_pid).status() == psutil.STATUS_ZOMBIE
+    assert other.is_running() and other.status() != psutil.STATUS_ZOMBIE, "the healthy child was stopped"
+    log = parent.log_text()
+    assert "model call hung" in log and "stopping the others" not in log, parent.tail()
+    assert parent.terminate() == 0, parent.tail()
+
+
+def wait_ready(parent: Worker, ports: tuple[int, int], timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not all(readyz(p)[0] == 200 for p in ports):
+        assert parent.alive() and time.monotonic() < deadline, parent.tail()
+        time.sleep(0.2)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from worker.liveness import Unhealthy
 from worker.processes import (
     PASSWORD_ENV,
     STOP_SIGNALS,
@@ -93,15 +94,22 @@ class Harness:
         self.spawn_error: OSError | None = None  # what Popen raises, while set
         self.broker_away: str | None = None  # what the parent's broker check says, while set
         self.broker_checks = 0
+        self.health: dict[int, Unhealthy | None] = {}  # what each port's liveness probe says
+        self.probes: list[int] = []
         slots = [Slot(["worker", f"--web-port={p}"], p) for p in (7000, 7001)]
         self.supervisor = Supervisor(
             slots,
             self.spawn,
             clock=self.clock,
             broker_problem=self.broker_problem,
+            probe=self.probe,
             **kwargs,  # type: ignore[arg-type]
         )
         self.supervisor.start()
+
+    def probe(self, port: int) -> Unhealthy | None:
+        self.probes.append(port)
+        return self.health.get(port)
 
     def broker_problem(self) -> str | None:
         self.broker_checks += 1
@@ -371,6 +379,118 @@ def test_a_child_that_cannot_be_started_at_first_is_retried() -> None:
     assert supervisor.slots[0].process is None and supervisor.step()
     clock.now += 1.0
     assert supervisor.step() and supervisor.slots[0].process is not None and len(calls) == 2
+
+
+HUNG = Unhealthy("/healthz 503 {'status': 'model call hung', 'model_busy_s': 130.2}", answers=True)
+SILENT = Unhealthy("/healthz did not answer within 5 s", answers=False)
+
+
+def test_each_child_is_probed_every_10_s_from_its_start() -> None:
+    h = Harness()
+    h.after(9.8)
+    assert h.probes == []
+    h.after(0.2)
+    assert sorted(h.probes) == [7000, 7001]
+    h.after(5)
+    assert len(h.probes) == 2
+    h.after(5)
+    assert len(h.probes) == 4
+
+
+def test_a_child_whose_model_call_hung_is_stopped_then_replaced_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness()
+    hung, healthy = h.running(7000), h.running(7001)
+    h.health[7000] = HUNG
+    with caplog.at_level(logging.INFO, logger="worker.processes"):
+        for _ in range(2):
+            h.after(10)
+            assert hung.signals == [], "not on one or two failed checks"
+        h.after(10)
+        assert hung.signals == [signal.SIGTERM], "the third in a row: stop it (it commits, leaves)"
+        h.after(10)
+        assert hung.signals == [signal.SIGTERM], "no more probes or signals while it stops"
+        hung.returncode = 0  # it stopped cleanly, without waiting for the hung call
+        h.health[7000] = None
+        h.after(0)
+        assert h.supervisor.slots[0].process is None and len(h.supervisor.restarts) == 1
+        h.after(1.0)
+    assert h.running(7000) is not hung and h.running(7000).command == hung.command
+    assert healthy.signals == [] and not h.supervisor.stopping
+    assert "model call hung" in caplog.text and "3 checks in a row: replacing it (SIGTERM" in caplog.text
+    assert (
+        f"worker process {hung.pid} (port 7000) exited with 0, replaced; restarting it in 1 s" in caplog.text
+    )
+
+
+def test_a_hung_child_that_ignores_sigterm_is_killed_after_the_grace() -> None:
+    h = Harness(replace_grace_s=60)
+    hung = h.running(7000)
+    h.health[7000] = HUNG
+    for _ in range(3):
+        h.after(10)
+    assert hung.signals == [signal.SIGTERM]
+    h.after(59)
+    assert hung.signals == [signal.SIGTERM]
+    h.after(1)
+    assert hung.signals == [signal.SIGTERM, signal.SIGKILL]
+    h.after(10)
+    assert hung.signals == [signal.SIGTERM, signal.SIGKILL], "killed once"
+    hung.returncode = -signal.SIGKILL
+    h.after(0)
+    assert len(h.supervisor.restarts) == 1
+
+
+def test_a_child_that_does_not_answer_is_killed_at_once() -> None:
+    h = Harness()
+    frozen = h.running(7000)
+    h.health[7000] = SILENT
+    for _ in range(3):
+        h.after(10)
+    assert frozen.signals == [signal.SIGKILL], "its event loop is blocked: SIGTERM would wait with it"
+    h.after(100)
+    assert frozen.signals == [signal.SIGKILL]
+    frozen.returncode = -signal.SIGKILL
+    h.after(0)
+    h.after(1)
+    assert h.running(7000) is not frozen
+
+
+def test_one_good_answer_resets_the_count() -> None:
+    h = Harness()
+    child = h.running(7000)
+    for health in (HUNG, HUNG, None, HUNG, HUNG, None, SILENT, SILENT):
+        h.health[7000] = health
+        h.after(10)
+    assert child.signals == []
+
+
+def test_children_on_any_free_port_are_not_probed() -> None:
+    clock = Clock()
+    probed: list[int] = []
+
+    def probe(port: int) -> Unhealthy | None:
+        probed.append(port)
+        return SILENT
+
+    supervisor = Supervisor([Slot(["worker"], 0)], FakeChild, clock=clock, probe=probe)
+    supervisor.start()
+    for _ in range(10):
+        clock.now += 10
+        supervisor.step()
+    assert probed == [] and isinstance(supervisor.slots[0].process, FakeChild)
+    assert supervisor.slots[0].process.signals == []
+
+
+def test_no_probes_while_stopping() -> None:
+    h = Harness()
+    h.supervisor.request_stop()
+    h.after(0)
+    h.health[7000] = SILENT
+    for _ in range(5):
+        h.after(10)
+    assert h.probes == [] and h.running(7000).signals == [signal.SIGTERM]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -251,6 +251,7 @@ def worker(**options: Any) -> None:
             first_port=settings.web_port,
             env=child_env(os.environ, password),
             broker_problem=broker_problem,
+            web_host=settings.web_host,
         )
     )
 
