@@ -3,9 +3,10 @@
 Kafka's group protocol does the sharing: each process is an ordinary ``sentiment worker`` with
 the same arguments, so the partitions are split among them exactly as among workers on several
 machines. This parent only starts them, gives each its own web port, restarts one that dies
-(a crash, an OOM kill) so the machine keeps its share of the work, forwards SIGTERM/SIGINT, and
-ends when they end: with 0 when all stopped cleanly, else with the failing code (after asking
-the others to stop, so each finishes and commits its batch in hand).
+(a crash, an OOM kill) or hangs (its ``/healthz`` fails) so the machine keeps its share of the
+work, waits out a broker outage, forwards SIGTERM/SIGINT, and ends when they end: with 0 when
+all stopped cleanly, else with the failing code (after asking the others to stop, so each
+finishes and commits its batch in hand).
 
 Also the signal handling of a worker's loading phase (:func:`stop_on_signals`), before faust
 installs its own handlers, and the check that the web ports are free (:func:`require_free_ports`),
@@ -54,6 +55,7 @@ EXIT_UNHEALTHY = 1  # ... and to one stopped for failing its liveness probe, if 
 PROBE_EVERY_S = 10.0  # how often the parent asks each worker's /healthz (a kubelet's period) ...
 PROBE_FAILURES = 3  # ... and how many failures in a row replace it
 REPLACE_GRACE_S = 60.0  # SIGTERM to an unhealthy worker that answers, SIGKILL this much later
+STILL_KILLED_LOG_S = 60.0  # how often to say that a worker outlives its SIGKILL
 
 
 def without_password(args: Sequence[str]) -> list[str]:
@@ -156,7 +158,8 @@ class Slot:
     probe_at: float = 0.0  # the next liveness probe is due at this time
     probe_failures: int = 0  # failed in a row
     replacing_since: float | None = None  # stopped for failing its probe at this time ...
-    killed: bool = False  # ... and sent SIGKILL
+    killed_at: float | None = None  # ... and sent SIGKILL at this time
+    still_logged_at: float = 0.0  # when we last said it outlives its SIGKILL
 
 
 class Supervisor:
@@ -214,6 +217,7 @@ class Supervisor:
         self.stop_requests = 0  # counted by the signal handler, acted on by step()
         self.stopping = False
         self.killing = False
+        self.broker_now: tuple[str | None] | None = None  # this step's broker check, once made
         self.code = 0  # the first failure that ends the parent, as a Popen return code
 
     def start(self) -> None:
@@ -225,8 +229,10 @@ class Supervisor:
 
     def launch(self, slot: Slot, now: float) -> bool:
         """Start the slot's child; a failure to start counts as a child that died at once."""
+        if self.stopping:  # the limit was reached while starting the others: start no more
+            return False
         slot.probe_at, slot.probe_failures = now + self.probe_every_s, 0
-        slot.replacing_since, slot.killed = None, False
+        slot.replacing_since, slot.killed_at = None, None
         try:
             slot.process = self.spawn(slot.command)
         except (OSError, subprocess.SubprocessError) as exc:  # fork or exec failed, or the preexec_fn
@@ -249,7 +255,7 @@ class Supervisor:
         elif self.stop_requests > 1 and self.stopping and not self.killing:
             self.kill_all()
         now = self.clock()
-        broker: list[str | None] = []  # the parent's broker check, made at most once a step
+        self.broker_now = None
         for slot in self.slots:
             if slot.process is not None:
                 code = slot.process.poll()
@@ -259,14 +265,12 @@ class Supervisor:
                     if slot.replacing_since is not None:  # a replacement, however it exited
                         slot.replacing_since, what, code = None, f"{what}, replaced", code or EXIT_UNHEALTHY
                     self.exited(slot, what, code, now)
-                elif not self.stopping:
-                    self.watch(slot, slot.process, now)
+                elif slot.replacing_since is not None or not self.stopping:
+                    self.watch(slot, slot.process, now)  # a replacement's SIGKILL is due even when stopping
             elif slot.restart_at is not None and now >= slot.restart_at:
                 if slot.waiting_for_broker:
-                    if not broker:
-                        broker.append(self.check_broker())
-                    if broker[0] is not None:
-                        slot.restart_at = now + self.broker_poll_s
+                    if self.stop_requests or self.check_broker() is not None:
+                        slot.restart_at = self.clock() + self.broker_poll_s  # from the answer
                         continue
                     slot.waiting_for_broker = False
                     log.info("a broker answers again: starting the worker process on port %d", slot.port)
@@ -278,13 +282,19 @@ class Supervisor:
     def watch(self, slot: Slot, process: Child, now: float) -> None:
         """Probe a running child when due; replace it after too many failures in a row."""
         if slot.replacing_since is not None:
-            if not slot.killed and now - slot.replacing_since >= self.replace_grace_s:
+            if slot.killed_at is None and now - slot.replacing_since >= self.replace_grace_s:
                 log.error("worker process %d (port %d) still runs %.0f s after SIGTERM: SIGKILL",
                           process.pid, slot.port, now - slot.replacing_since)  # fmt: skip
                 process.send_signal(signal.SIGKILL)
-                slot.killed = True
+                slot.killed_at = slot.still_logged_at = now
+            elif slot.killed_at is not None and now - slot.still_logged_at >= STILL_KILLED_LOG_S:
+                # a process in uninterruptible sleep (a hung GPU driver call) outlives SIGKILL
+                log.error("worker process %d (port %d) still runs %.0f s after SIGKILL: stuck in the "
+                          "kernel (uninterruptible sleep; a GPU driver hang? see dmesg)",
+                          process.pid, slot.port, now - slot.killed_at)  # fmt: skip
+                slot.still_logged_at = now
             return
-        if self.probe is None or not slot.port or now < slot.probe_at:
+        if self.stopping or self.stop_requests or self.probe is None or not slot.port or now < slot.probe_at:
             return
         try:
             problem = self.probe(slot.port)
@@ -309,18 +319,21 @@ class Supervisor:
             log.error("%s, %d checks in a row: replacing it (SIGKILL: it cannot act on SIGTERM)",
                       what, slot.probe_failures)  # fmt: skip
             process.send_signal(signal.SIGKILL)
-            slot.killed = True
-        slot.replacing_since = now
+            slot.killed_at = slot.still_logged_at = self.clock()
+        slot.replacing_since = self.clock()  # the grace from the signal, not from before the probe
 
     def check_broker(self) -> str | None:
-        """Why no broker answers, or None when one does (or the check itself failed)."""
+        """Why no broker answers, or None when one does (or the check itself failed). Made at
+        most once a step (it can take seconds), however many children exit or wait."""
         if self.broker_problem is None:
             return None
-        try:
-            return self.broker_problem()
-        except Exception:  # a bug in the check must not end the supervision of the others
-            log.exception("the broker check failed: taking it that a broker answers")
-            return None
+        if self.broker_now is None:
+            try:
+                self.broker_now = (self.broker_problem(),)
+            except Exception:  # a bug in the check must not end the supervision of the others
+                log.exception("the broker check failed: taking it that a broker answers")
+                self.broker_now = (None,)
+        return self.broker_now[0]
 
     def exited(self, slot: Slot, what: str, code: int, now: float) -> None:
         """``slot``'s child ended with ``code`` (a Popen return code; ``what`` says so in words):
@@ -333,7 +346,7 @@ class Supervisor:
             self.code = self.code or code
             return
         if code == EXIT_CHECKS and (problem := self.check_broker()) is not None:
-            slot.waiting_for_broker, slot.restart_at = True, now + self.broker_poll_s
+            slot.waiting_for_broker, slot.restart_at = True, self.clock() + self.broker_poll_s
             log.warning("%s: the broker is away (%s); starting it again once a broker answers "
                         "(checked every %.0f s; not counted as a restart)", what, problem,
                         self.broker_poll_s)  # fmt: skip

@@ -202,7 +202,9 @@ class Settings(BaseSettings):
     stuck_batch_s: float = Field(
         default=120.0,
         gt=0,
-        description="/readyz turns not-ready while a micro-batch has been in flight longer than this.",
+        description="/readyz turns not-ready while a micro-batch has been in flight longer than this, "
+        "and /healthz fails while a model call runs longer (with --processes N the parent then "
+        "replaces that worker).",
     )
 
     # --- process -------------------------------------------------------------------------------

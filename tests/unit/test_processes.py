@@ -4,6 +4,7 @@ the children's command lines, and the loading phase's signal handling."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import signal
@@ -612,3 +613,70 @@ def test_keep_ignored_leaves_an_ignored_signal_ignored() -> None:
 def test_web_ports_follow_the_first_or_are_all_any_free_port() -> None:
     assert web_ports(6066, 3) == [6066, 6067, 6068]
     assert web_ports(0, 3) == [0, 0, 0]  # not 0, 1, 2: each child asks for any free port
+
+
+def test_a_stop_during_a_replacement_still_kills_the_hung_child_after_the_grace() -> None:
+    h = Harness(replace_grace_s=60)
+    hung = h.running(7000)
+    h.health[7000] = HUNG
+    for _ in range(3):
+        h.after(10)
+    assert hung.signals == [signal.SIGTERM]
+    h.supervisor.request_stop()  # the operator stops the parent meanwhile
+    h.after(1)
+    h.running(7001).returncode = 0
+    for _ in range(6):
+        assert h.after(10), "the hung child still runs"
+    assert hung.signals == [signal.SIGTERM, signal.SIGTERM, signal.SIGKILL], "killed after the grace"
+    hung.returncode = -signal.SIGKILL
+    assert not h.after(0.2)
+
+
+def test_once_the_limit_stops_everything_while_starting_no_more_children_start() -> None:
+    clock = Clock()
+    calls: list[list[str]] = []
+
+    def spawn(command: list[str]) -> FakeChild:
+        calls.append(command)
+        if len(calls) <= 6:
+            raise OSError(11, "Resource temporarily unavailable")  # a pids limit, for a moment
+        return FakeChild(command)
+
+    supervisor = Supervisor([Slot(["worker"], 7000 + i) for i in range(7)], spawn, clock=clock)
+    supervisor.start()
+    assert supervisor.stopping and len(calls) == 6, "the sixth failure hit the limit: no seventh start"
+    assert not supervisor.step() and supervisor.exit_code == 1
+
+
+def test_the_next_broker_check_is_due_a_poll_after_the_last_one_ended() -> None:
+    clock = Clock()
+    checks: list[float] = []
+
+    def slow_broker() -> str | None:
+        checks.append(clock.now)
+        clock.now += 5.0  # a frozen broker: each check waits out its 5 s timeout
+        return "away"
+
+    supervisor = Supervisor([Slot(["worker"], 7000)], FakeChild, clock=clock, broker_problem=slow_broker)
+    supervisor.start()
+    assert isinstance(supervisor.slots[0].process, FakeChild)
+    supervisor.slots[0].process.returncode = 2
+    while len(checks) < 4:
+        supervisor.step()
+        clock.now += 0.2
+    gaps = [round(b - a, 1) for a, b in itertools.pairwise(checks)]
+    assert all(gap >= 10.0 for gap in gaps), f"checks back to back: {gaps}"
+
+
+def test_a_child_that_outlives_its_sigkill_is_reported_every_minute(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness()
+    stuck = h.running(7000)
+    h.health[7000] = SILENT
+    with caplog.at_level(logging.ERROR, logger="worker.processes"):
+        for _ in range(3):
+            h.after(10)
+        for _ in range(36):  # ten minutes in the kernel (a wedged GPU driver call)
+            h.after(10)
+    assert stuck.signals == [signal.SIGKILL], "killed once"
+    still = [r.getMessage() for r in caplog.records if "after SIGKILL" in r.getMessage()]
+    assert len(still) == 6 and "uninterruptible sleep" in still[0], still

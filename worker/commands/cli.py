@@ -177,9 +177,9 @@ def worker(**options: Any) -> None:
     Offsets are committed only after the results of a batch are acknowledged by the broker
     (at-least-once). Serves /metrics, /healthz and /readyz on --web-port. Stops cleanly on
     SIGTERM or Ctrl-C, also while it starts and loads the model. --processes N runs N such
-    workers in one consumer group, and restarts one that dies (at most 5 restarts in 5 minutes;
-    one restarted while the broker is away waits for it, uncounted); a second SIGTERM or Ctrl-C
-    while they stop kills them.
+    workers in one consumer group, and restarts one that dies or whose /healthz fails 3 checks
+    in a row (at most 5 restarts in 5 minutes; one restarted while the broker is away waits for
+    it, uncounted); a second SIGTERM or Ctrl-C while they stop kills them.
 
     --web-host is 0.0.0.0 by default because in a container the kubelet's probes and Prometheus
     reach the pod's IP, not its loopback. On a shared host bind 127.0.0.1 (or a private
