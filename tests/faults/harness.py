@@ -27,7 +27,7 @@ import psutil
 
 from tests.faults.ledger import Topics
 from worker.commands.dev_broker import DevBroker
-from worker.ports import free_port
+from worker.ports import free_port, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]  # `python -m worker` imports the code of this checkout
 CRASH_MARKS = ("failed, stopping", "Traceback")
@@ -85,6 +85,14 @@ class Worker:
                 return
             time.sleep(0.2)
         raise AssertionError(f"{self.name} not ready after {timeout_s:.0f} s\n{self.tail()}")
+
+    def wait_ports_ready(self, ports: Sequence[int], timeout_s: float = 90) -> None:
+        """Until every one of ``ports`` (a ``--processes`` parent's workers) says /readyz 200."""
+        deadline = time.monotonic() + timeout_s
+        while not all(readyz(port)[0] == 200 for port in ports):
+            assert self.alive(), f"{self.name} exited with {self.proc.returncode}\n{self.tail()}"
+            assert time.monotonic() < deadline, f"{self.name}: not all of {ports} ready\n{self.tail()}"
+            time.sleep(0.2)
 
     def wait_log(self, text: str, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s
@@ -183,6 +191,18 @@ class Fleet:
         if ready:
             worker.wait_ready(timeout_s)
         return worker
+
+    def start_processes(
+        self, *args: str, count: int = 2, faults: Sequence[str] = ()
+    ) -> tuple[Worker, tuple[int, ...]]:
+        """``--processes count`` with ``args``, on consecutive free ports; once every worker is
+        ready: the parent and their ports."""
+        parent = self.start(
+            "--processes", str(count), *args, faults=faults, ready=False, web_port=free_ports(count)
+        )  # fmt: skip
+        ports = tuple(range(parent.web_port, parent.web_port + count))
+        parent.wait_ports_ready(ports)
+        return parent, ports
 
     def running(self) -> list[Worker]:
         return [w for w in self.workers if w.alive()]

@@ -28,10 +28,10 @@ import pytest
 from aiokafka.partitioner import murmur2
 
 from tests.faults.conftest import LONG, QUICK, FleetFactory, LedgerFactory, Sizes, create_topics
-from tests.faults.harness import Fleet, ReadyzPoller, Worker, children, frozen, readyz
+from tests.faults.harness import Fleet, ReadyzPoller, Worker, children, frozen
 from tests.faults.ledger import Ledger, Message, Report, Sent, Topics, reviews
 from worker.commands.dev_broker import DevBroker
-from worker.ports import free_port, free_ports
+from worker.ports import free_port
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 BATCH, IN_FLIGHT = 8, 2
@@ -112,12 +112,7 @@ def test_processes_2_a_child_restarted_while_the_broker_is_away_waits_for_it(
     ledger = open_ledger(own_broker.bootstrap, fault_topics)
     ledger.produce(reviews(n, "w"))
     fleet = make_fleet(own_broker.bootstrap, fault_topics)
-    parent = fleet.start("--processes", "2", "--batch-size", "16", ready=False, web_port=free_ports(2))
-    ports = (parent.web_port, parent.web_port + 1)
-    deadline = time.monotonic() + 90
-    while not all(readyz(p)[0] == 200 for p in ports):
-        assert parent.alive() and time.monotonic() < deadline, parent.tail()
-        time.sleep(0.2)
+    parent, ports = fleet.start_processes("--batch-size", "16")
     victim, other = children(parent.pid)
     ledger.wait_outputs(n // 10, timeout_s=sizes.drain_s)
     with frozen(own_broker):
@@ -129,10 +124,7 @@ def test_processes_2_a_child_restarted_while_the_broker_is_away_waits_for_it(
         time.sleep(2 * 5.0)  # two of the parent's checks: the child is not started again meanwhile
         assert len(psutil.Process(parent.pid).children()) == 1, "started again with the broker away"
     parent.wait_log("a broker answers again", timeout_s=60)
-    deadline = time.monotonic() + 120
-    while not all(readyz(p)[0] == 200 for p in ports):
-        assert parent.alive() and time.monotonic() < deadline, parent.tail()
-        time.sleep(0.2)
+    parent.wait_ports_ready(ports, timeout_s=120)
 
     report = ledger.wait(timeout_s=sizes.drain_s)
     print(f"--processes 2, broker frozen and a child killed at {at_freeze} outputs: {report.summary}")

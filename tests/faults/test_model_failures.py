@@ -18,9 +18,8 @@ import psutil
 import pytest
 
 from tests.faults.conftest import Sizes
-from tests.faults.harness import Fleet, ReadyzPoller, Worker, children, readyz
+from tests.faults.harness import Fleet, ReadyzPoller, children
 from tests.faults.ledger import Ledger, Message, reviews
-from worker.ports import free_ports
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 SATURATED = ("--batch-size", "8", "--max-in-flight", "2")
@@ -151,19 +150,14 @@ def test_processes_2_a_child_whose_model_call_hangs_is_replaced_and_nothing_is_s
         "--hang-once-file",
         str(tmp_path / "hung"),
     )
-    parent = fleet.start(
-        "--processes", "2", "--batch-size", "16", "--stuck-batch-s", "5",
-        faults=hang, ready=False, web_port=free_ports(2),
-    )  # fmt: skip
-    ports = (parent.web_port, parent.web_port + 1)
-    wait_ready(parent, ports)
+    parent, ports = fleet.start_processes("--batch-size", "16", "--stuck-batch-s", "5", faults=hang)
     kids = {kid.pid: kid for kid in children(parent.pid)}
     parent.wait_log("hangs for", timeout_s=120)
     at_hang = ledger.outputs()
     [hung_pid] = [int(pid) for pid in re.findall(r"hangs for \S+ s \(pid (\d+)\)", parent.log_text())]
     [other] = [kid for pid, kid in kids.items() if pid != hung_pid]
     parent.wait_log("checks in a row: replacing it", timeout_s=120)
-    wait_ready(parent, ports, timeout_s=150)  # the replacement too
+    parent.wait_ports_ready(ports, timeout_s=150)  # the replacement too
 
     report = ledger.wait(timeout_s=sizes.drain_s)
     print(f"--processes 2, a child hung at {at_hang} outputs: {report.summary}")
@@ -176,10 +170,3 @@ def test_processes_2_a_child_whose_model_call_hangs_is_replaced_and_nothing_is_s
     log = parent.log_text()
     assert "model call hung" in log and "stopping the others" not in log, parent.tail()
     assert parent.terminate() == 0, parent.tail()
-
-
-def wait_ready(parent: Worker, ports: tuple[int, int], timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not all(readyz(p)[0] == 200 for p in ports):
-        assert parent.alive() and time.monotonic() < deadline, parent.tail()
-        time.sleep(0.2)

@@ -10,15 +10,12 @@ and each kill ``(max_in_flight + 2) × batch`` (see test_kill9).
 
 from __future__ import annotations
 
-import time
-
 import psutil
 import pytest
 
 from tests.faults.conftest import FleetFactory, LedgerFactory, Sizes
-from tests.faults.harness import Fleet, children, readyz
+from tests.faults.harness import Fleet, children
 from tests.faults.ledger import Ledger, Topics, reviews
-from worker.ports import free_ports
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 BATCH, IN_FLIGHT = 8, 2
@@ -89,12 +86,7 @@ def test_processes_2_one_child_killed_loses_nothing_and_the_rest_keeps_running(
     ledger = open_ledger(broker, fault_topics)
     ledger.produce(reviews(n, "p"))
     fleet = make_fleet(broker, fault_topics)
-    parent = fleet.start("--processes", "2", "--batch-size", "16", ready=False, web_port=free_ports(2))
-    ports = (parent.web_port, parent.web_port + 1)
-    deadline = time.monotonic() + 90
-    while not all(readyz(p)[0] == 200 for p in ports):
-        assert parent.alive() and time.monotonic() < deadline, parent.tail()
-        time.sleep(0.2)
+    parent, _ = fleet.start_processes("--batch-size", "16")
     victim, other = children(parent.pid)
     ledger.wait_outputs(n // 5, timeout_s=sizes.drain_s)
     victim.kill()

@@ -425,13 +425,19 @@ def test_a_child_whose_model_call_hung_is_stopped_then_replaced_and_counted(
     )
 
 
-def test_a_hung_child_that_ignores_sigterm_is_killed_after_the_grace() -> None:
+def being_replaced() -> tuple[Harness, FakeChild]:
+    """A harness whose child on port 7000 has just been sent SIGTERM for 3 hung probes in a row."""
     h = Harness(replace_grace_s=60)
     hung = h.running(7000)
     h.health[7000] = HUNG
     for _ in range(3):
         h.after(10)
     assert hung.signals == [signal.SIGTERM]
+    return h, hung
+
+
+def test_a_hung_child_that_ignores_sigterm_is_killed_after_the_grace() -> None:
+    h, hung = being_replaced()
     h.after(59)
     assert hung.signals == [signal.SIGTERM]
     h.after(1)
@@ -616,12 +622,7 @@ def test_web_ports_follow_the_first_or_are_all_any_free_port() -> None:
 
 
 def test_a_stop_during_a_replacement_still_kills_the_hung_child_after_the_grace() -> None:
-    h = Harness(replace_grace_s=60)
-    hung = h.running(7000)
-    h.health[7000] = HUNG
-    for _ in range(3):
-        h.after(10)
-    assert hung.signals == [signal.SIGTERM]
+    h, hung = being_replaced()
     h.supervisor.request_stop()  # the operator stops the parent meanwhile
     h.after(1)
     h.running(7001).returncode = 0
