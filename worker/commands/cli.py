@@ -240,7 +240,7 @@ def worker(**options: Any) -> None:
         except ConfigError as exc:  # none answers
             return str(exc)
         except SentimentError:  # one answers and refuses the login or TLS: no outage
-            return None
+            pass
         return None
 
     sys.exit(
