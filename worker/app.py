@@ -37,6 +37,7 @@ from worker.kafka.security import aiokafka_security
 from worker.logs import logging_config
 from worker.metrics import METRICS_CONTENT_TYPE, Metrics
 from worker.settings import Settings
+from worker.start_deadline import start_deadline
 
 log = logging.getLogger(__name__)
 
@@ -300,22 +301,23 @@ def run_worker(settings: Settings) -> None:
         with stop_on_signals(final=True):
             require_reachable(settings.broker_list, security=aiokafka_security(settings))
             checkpoint = settings.checkpoint or default_checkpoint(settings.home)
-            on_cuda = resolve_device(settings.device, settings.dtype)[0].type == "cuda"
             log.info("loading model from %s", checkpoint)
-            classifier = load_classifier(
-                checkpoint,
-                device=settings.device,
-                dtype=settings.dtype,
-                max_batch_tokens=settings.max_batch_tokens,
-                max_batch_size=settings.batch_size,
-                compile=settings.compile == "on" or (settings.compile == "auto" and on_cuda),
-                **settings.engine_options(),
-            )
-            info = classifier.info
-            log.info("model %s %s loaded from %s on %s (%s)",
-                     info.name, info.version, checkpoint, info.device, info.dtype)  # fmt: skip
-            seconds = classifier.warm_up()
-            log.info("model warmed up in %.1f s", seconds)
+            with start_deadline(settings.start_timeout_s, "loading and warming up the model"):
+                on_cuda = resolve_device(settings.device, settings.dtype)[0].type == "cuda"
+                classifier = load_classifier(
+                    checkpoint,
+                    device=settings.device,
+                    dtype=settings.dtype,
+                    max_batch_tokens=settings.max_batch_tokens,
+                    max_batch_size=settings.batch_size,
+                    compile=settings.compile == "on" or (settings.compile == "auto" and on_cuda),
+                    **settings.engine_options(),
+                )
+                info = classifier.info
+                log.info("model %s %s loaded from %s on %s (%s)",
+                         info.name, info.version, checkpoint, info.device, info.dtype)  # fmt: skip
+                seconds = classifier.warm_up()
+                log.info("model warmed up in %.1f s", seconds)
             (settings.home / "faust").mkdir(parents=True, exist_ok=True)
             app = create_app(settings, classifier, CollectorRegistry())
     except StopRequested as stop:

@@ -206,6 +206,13 @@ class Settings(BaseSettings):
         "and /healthz fails while a model call runs longer (with --processes N the parent then "
         "replaces that worker).",
     )
+    start_timeout_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="The most loading and warming up the model may take: past it the worker prints "
+        "every thread's stack and exits 1, so that it is restarted (a hang in CUDA initialisation "
+        "or on a stalled network disk would hold the process, never serving, for good). 0: no limit.",
+    )
 
     # --- process -------------------------------------------------------------------------------
     processes: int = Field(

@@ -7,7 +7,8 @@ wrapped: every model call goes through ``forward``, including the engine's own s
 retries and its health probe, so the faults reach exactly the code paths a real device fault
 would. Everything else (CLI, settings, app, Kafka) is the code under test, unchanged.
 
-The stream's faults are armed once ``warm_up`` has returned, so ``--hang-at N`` and
+``--load-hang-s`` hangs model loading itself, in a C call that holds the GIL (the start
+deadline's case). The stream's faults are armed once ``warm_up`` has returned, so ``--hang-at N`` and
 ``--broken-after N`` count the model calls made for the stream (and health probes), not the
 warm-up's. With ``--processes N`` the children are plain ``sentiment worker`` processes and the
 faults apply to this process only, unless ``--in-children``: then each child is a fault worker
@@ -37,6 +38,10 @@ def parse_faults(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--hang-s", type=float, default=0.0, help="how long the --hang-at call sleeps")
     parser.add_argument("--hang-at", type=int, default=None, help="the Nth call sleeps --hang-s")
     parser.add_argument("--hang-once-file", default=None, help="hang only where this file is created")
+    parser.add_argument(
+        "--load-hang-s", type=float, default=0.0,
+        help="model loading hangs this long in a C call holding the GIL (a driver call that never returns)",
+    )  # fmt: skip
     parser.add_argument("--in-children", action="store_true", help="--processes children get the faults")
     return parser.parse_args(list(argv))
 
@@ -71,6 +76,14 @@ def faults_in_children(fault_argv: Sequence[str]) -> None:
         return [command[0], "-m", "tests.faults.fault_worker", *passed, "--", *command[4:]]
 
     worker.processes.child_command = child_command
+
+
+def hang_holding_the_gil(seconds: float) -> None:
+    """libc's ``sleep`` called through ``ctypes.PyDLL``, which keeps the GIL: no other Python
+    thread runs meanwhile, nor any Python signal handler, as in a driver call that never returns."""
+    import ctypes
+
+    ctypes.PyDLL(None).sleep(int(seconds))
 
 
 class Faults:
@@ -131,6 +144,9 @@ def install(opts: argparse.Namespace) -> Faults:
         if opts.load_delay_s:
             say(f"loading the model (sleeping {opts.load_delay_s} s)")
             time.sleep(opts.load_delay_s)
+        if opts.load_hang_s and first_to_create(opts.hang_once_file):
+            say(f"model loading hangs for {opts.load_hang_s:g} s, holding the GIL (pid {os.getpid()})")
+            hang_holding_the_gil(opts.load_hang_s)
         engine = load(*args, **kwargs)
         faults.wrap(engine)
         return engine

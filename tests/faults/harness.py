@@ -193,15 +193,16 @@ class Fleet:
         return worker
 
     def start_processes(
-        self, *args: str, count: int = 2, faults: Sequence[str] = ()
+        self, *args: str, count: int = 2, faults: Sequence[str] = (), ready: bool = True
     ) -> tuple[Worker, tuple[int, ...]]:
         """``--processes count`` with ``args``, on consecutive free ports; once every worker is
-        ready: the parent and their ports."""
+        ready (unless not ``ready``): the parent and their ports."""
         parent = self.start(
             "--processes", str(count), *args, faults=faults, ready=False, web_port=free_ports(count)
         )  # fmt: skip
         ports = tuple(range(parent.web_port, parent.web_port + count))
-        parent.wait_ports_ready(ports)
+        if ready:
+            parent.wait_ports_ready(ports)
         return parent, ports
 
     def running(self) -> list[Worker]:

@@ -170,3 +170,39 @@ def test_processes_2_a_child_whose_model_call_hangs_is_replaced_and_nothing_is_s
     log = parent.log_text()
     assert "model call hung" in log and "stopping the others" not in log, parent.tail()
     assert parent.terminate() == 0, parent.tail()
+
+
+def test_processes_2_a_child_whose_model_load_hangs_is_restarted_by_its_start_deadline(
+    fleet: Fleet, ledger: Ledger, sizes: Sizes, tmp_path: Path
+) -> None:
+    """``--processes 2`` and a backlog: one child's model loading hangs for good in a C call that
+    holds the GIL (CUDA initialisation on a failing GPU). It never serves /healthz, and a port
+    that refuses is one still loading to the parent's probe: before the start deadline, the slot
+    and its GPU stayed dead for good, the other child doing all the work. Now, past
+    ``--start-timeout-s``, faulthandler's watchdog (no GIL needed) prints the stacks and exits 1;
+    the parent restarts it, and its replacement serves. The ledger: every input answered."""
+    n = sizes.processes_backlog
+    ledger.produce(reviews(n, "s"))
+    hang = ("--in-children", "--load-hang-s", "3600", "--hang-once-file", str(tmp_path / "hung"))
+    parent, ports = fleet.start_processes(
+        "--batch-size", "16", "--start-timeout-s", "15", faults=hang, ready=False
+    )  # fmt: skip
+    kids = {kid.pid: kid for kid in children(parent.pid)}
+    parent.wait_log("model loading hangs", timeout_s=120)
+    [hung_pid] = [int(pid) for pid in re.findall(r"model loading hangs .* \(pid (\d+)\)", parent.log_text())]
+    [other] = [kid for pid, kid in kids.items() if pid != hung_pid]
+    parent.wait_log("exited with 1; restarting it", timeout_s=120)
+    parent.wait_ports_ready(ports, timeout_s=180)  # the restarted one too
+
+    report = ledger.wait(timeout_s=sizes.drain_s)
+    print(f"--processes 2, a child's model loading hung: {report.summary}")
+    assert not report.lost, f"{report.summary}; lost e.g. {report.lost[:5]}"
+    assert report.duplicates <= (4 + 2) * 16, report.summary  # the default --max-in-flight is 4
+    assert report.dead_letters == 0, report.summary
+    assert not psutil.pid_exists(hung_pid) or psutil.Process(hung_pid).status() == psutil.STATUS_ZOMBIE
+    assert other.is_running() and other.status() != psutil.STATUS_ZOMBIE, "the healthy child was stopped"
+    log = parent.log_text()
+    # the GIL was held: faulthandler's watchdog fired, naming where the load hung
+    assert "Timeout (0:00:25)!" in log and "in hang_holding_the_gil" in log, parent.tail()
+    assert "stopping the others" not in log, parent.tail()
+    assert parent.terminate() == 0, parent.tail()

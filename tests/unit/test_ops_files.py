@@ -13,6 +13,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from worker.metrics import Metrics
+from worker.settings import Settings
+from worker.start_deadline import BACKSTOP_S
 
 OPS = Path(__file__).resolve().parents[2] / "ops"
 DASHBOARD = OPS / "grafana" / "dashboards" / "sentiment-worker.json"
@@ -209,6 +211,13 @@ def test_kubernetes_manifests_agree_with_the_worker() -> None:
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # a load that hangs is the worker's own to end (exit 1 and the stacks), before the kubelet's
+    # startup probe gives up on it; a slow healthy load is never killed by the liveness probe
+    startup = container["startupProbe"]
+    assert startup["httpGet"]["path"] == "/healthz"
+    assert "initialDelaySeconds" not in container["livenessProbe"]
+    start_timeout_s = Settings.model_fields["start_timeout_s"].default
+    assert startup["periodSeconds"] * startup["failureThreshold"] > start_timeout_s + BACKSTOP_S
     assert pod["securityContext"]["runAsUser"] == 10001 and pod["securityContext"]["runAsNonRoot"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     trigger = docs["keda-scaledobject"]["spec"]["triggers"][0]["metadata"]

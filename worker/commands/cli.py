@@ -151,7 +151,8 @@ def cli() -> None:
     \b
     Exit status of every command:
       0    done
-      1    the reader of the output went away (`sentiment predict … | head`): quietly
+      1    the reader of the output went away (`sentiment predict … | head`): quietly;
+           worker: loading the model hung past --start-timeout-s (every thread's stack printed)
       2    a usage, setting, file, checkpoint or network error: one line on stderr naming
            the flag or SENTIMENT_* variable, the file and line, or the host:port
       3    predict: some input lines were bad and got error records (see predict --help)
@@ -168,8 +169,9 @@ def cli() -> None:
     "topic_config",
     "offset_reset", "session_timeout_s", "rebalance_timeout_s", "commit_interval_s",
     *MODEL, "batch_size", "batch_wait_s", "max_message_bytes", "web_port", "web_host", "log_level",
-    "processes", "event_loop", "stuck_batch_s", "max_in_flight", "max_headers", "max_header_bytes",
-    "dlq_max_value_bytes", "retry_backoff_max_s", "cache_url", "cache_size", "cache_ttl_s",
+    "processes", "event_loop", "stuck_batch_s", "start_timeout_s", "max_in_flight", "max_headers",
+    "max_header_bytes", "dlq_max_value_bytes", "retry_backoff_max_s", "cache_url", "cache_size",
+    "cache_ttl_s",
 )  # fmt: skip
 def worker(**options: Any) -> None:
     """Consume reviews, classify them in micro-batches, publish results and dead letters.
