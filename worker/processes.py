@@ -30,6 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -54,6 +55,7 @@ EXIT_SPAWN = 1  # the code given to a worker process that could not be started a
 EXIT_UNHEALTHY = 1  # ... and to one stopped for failing its liveness probe, if it then exits 0
 PROBE_EVERY_S = 10.0  # how often the parent asks each worker's /healthz (a kubelet's period) ...
 PROBE_FAILURES = 3  # ... and how many failures in a row replace it
+MAX_PROBES_AT_ONCE = 16  # probes asked at the same time (a thread each, for the probe's length)
 REPLACE_GRACE_S = 60.0  # SIGTERM to an unhealthy worker that answers, SIGKILL this much later
 STILL_KILLED_LOG_S = 60.0  # how often to say that a worker outlives its SIGKILL
 
@@ -256,6 +258,7 @@ class Supervisor:
             self.kill_all()
         now = self.clock()
         self.broker_now = None
+        answers = self.probe_due(now)
         for slot in self.slots:
             if slot.process is not None:
                 code = slot.process.poll()
@@ -266,7 +269,8 @@ class Supervisor:
                         slot.replacing_since, what, code = None, f"{what}, replaced", code or EXIT_UNHEALTHY
                     self.exited(slot, what, code, now)
                 elif slot.replacing_since is not None or not self.stopping:
-                    self.watch(slot, slot.process, now)  # a replacement's SIGKILL is due even when stopping
+                    # a replacement's SIGKILL is due even when stopping
+                    self.watch(slot, slot.process, now, answers)
             elif slot.restart_at is not None and now >= slot.restart_at:
                 if slot.waiting_for_broker:
                     if self.stop_requests or self.check_broker() is not None:
@@ -279,8 +283,35 @@ class Supervisor:
                     log.info("worker process on port %d restarted (pid %d)", slot.port, slot.process.pid)
         return any(s.process is not None or s.restart_at is not None for s in self.slots)
 
-    def watch(self, slot: Slot, process: Child, now: float) -> None:
-        """Probe a running child when due; replace it after too many failures in a row."""
+    def probe_due(self, now: float) -> dict[int, Unhealthy | None]:
+        """The liveness of each running child whose probe is due, by port, all asked at once: a
+        step waits for one probe's timeout (5 s) however many children do not answer (all of
+        them, on a machine that swaps), not for one per child in turn, so a stop request or
+        another child's exit is acted on within seconds. The threads end before this returns:
+        no child is forked (``preexec_fn``) beside one."""
+        if self.probe is None or self.stopping or self.stop_requests:
+            return {}
+        due = [
+            s.port for s in self.slots
+            if s.process is not None and s.replacing_since is None and s.port and now >= s.probe_at
+        ]  # fmt: skip
+        if not due:
+            return {}
+        probe = self.probe
+        with ThreadPoolExecutor(min(len(due), MAX_PROBES_AT_ONCE), thread_name_prefix="probe") as pool:
+            asked = {port: pool.submit(probe, port) for port in due}
+        answers: dict[int, Unhealthy | None] = {}
+        for port, answer in asked.items():
+            try:
+                answers[port] = answer.result()
+            except Exception:  # a bug in the probe must not end the supervision of the others
+                log.exception("the liveness probe of port %d failed: taking the worker as healthy", port)
+                answers[port] = None
+        return answers
+
+    def watch(self, slot: Slot, process: Child, now: float, answers: Mapping[int, Unhealthy | None]) -> None:
+        """Act on a running child's probe (``answers``, when it was due); replace it after too
+        many failures in a row."""
         if slot.replacing_since is not None:
             if slot.killed_at is None and now - slot.replacing_since >= self.replace_grace_s:
                 log.error("worker process %d (port %d) still runs %.0f s after SIGTERM: SIGKILL",
@@ -294,13 +325,9 @@ class Supervisor:
                           process.pid, slot.port, now - slot.killed_at)  # fmt: skip
                 slot.still_logged_at = now
             return
-        if self.stopping or self.stop_requests or self.probe is None or not slot.port or now < slot.probe_at:
+        if slot.port not in answers:  # not due, or no probes now (stopping)
             return
-        try:
-            problem = self.probe(slot.port)
-        except Exception:  # a bug in the probe must not end the supervision of the others
-            log.exception("the liveness probe of port %d failed: taking the worker as healthy", slot.port)
-            problem = None
+        problem = answers[slot.port]
         slot.probe_at = self.clock() + self.probe_every_s  # from the answer: a timeout took seconds
         if problem is None:
             slot.probe_failures = 0

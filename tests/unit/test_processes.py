@@ -490,6 +490,28 @@ def test_children_on_any_free_port_are_not_probed() -> None:
     assert supervisor.slots[0].process.signals == []
 
 
+def test_the_children_due_are_probed_at_once_and_no_probe_thread_outlives_the_step() -> None:
+    """Four children that do not answer (a machine that swaps): their probes wait together, so a
+    step lasts one probe's timeout, not four, and a stop request waits that long at most. Each
+    probe here returns only once all four are being asked (a barrier), which probes asked one
+    after the other never reach."""
+    clock = Clock()
+    together = threading.Barrier(4, timeout=10)
+    ports = (7000, 7001, 7002, 7003)
+
+    def probe(port: int) -> Unhealthy | None:
+        together.wait()
+        return SILENT
+
+    supervisor = Supervisor([Slot(["worker"], p) for p in ports], FakeChild, clock=clock, probe=probe)
+    supervisor.start()
+    clock.now += 10
+    supervisor.step()
+    assert [s.probe_failures for s in supervisor.slots] == [1, 1, 1, 1]
+    # a child is forked (preexec_fn) only with no other thread running
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("probe")]
+
+
 def test_no_probes_while_stopping() -> None:
     h = Harness()
     h.supervisor.request_stop()
