@@ -30,7 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -298,12 +298,17 @@ class Supervisor:
         if not due:
             return {}
         probe = self.probe
-        with ThreadPoolExecutor(min(len(due), MAX_PROBES_AT_ONCE), thread_name_prefix="probe") as pool:
-            asked = {port: pool.submit(probe, port) for port in due}
+        asked: dict[int, Future[Unhealthy | None]] = {}
+        try:
+            with ThreadPoolExecutor(min(len(due), MAX_PROBES_AT_ONCE), thread_name_prefix="probe") as pool:
+                for port in due:
+                    asked[port] = pool.submit(probe, port)
+        except RuntimeError as exc:  # no thread to be had (a pids limit, no memory): one at a time
+            log.warning("cannot start probe threads (%s): asking the workers one after the other", exc)
         answers: dict[int, Unhealthy | None] = {}
-        for port, answer in asked.items():
+        for port in due:
             try:
-                answers[port] = answer.result()
+                answers[port] = asked[port].result() if port in asked else probe(port)
             except Exception:  # a bug in the probe must not end the supervision of the others
                 log.exception("the liveness probe of port %d failed: taking the worker as healthy", port)
                 answers[port] = None
@@ -325,7 +330,7 @@ class Supervisor:
                           process.pid, slot.port, now - slot.killed_at)  # fmt: skip
                 slot.still_logged_at = now
             return
-        if slot.port not in answers:  # not due, or no probes now (stopping)
+        if self.stopping or self.stop_requests or slot.port not in answers:  # a stop came during the probes
             return
         problem = answers[slot.port]
         slot.probe_at = self.clock() + self.probe_every_s  # from the answer: a timeout took seconds

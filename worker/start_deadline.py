@@ -11,7 +11,8 @@ printing where each thread was: the hang's site, for whoever reads the log.
 Two watchers, because a call that hangs in C may hold the GIL (a driver call that never
 returns), and then no Python thread runs: a thread that logs one clear line, prints the stacks
 and exits; and, ``BACKSTOP_S`` later, faulthandler's own watchdog (a C thread, no GIL needed),
-which prints ``Timeout (h:mm:ss)!`` and the stacks and exits 1 itself.
+which prints ``Timeout (h:mm:ss)!`` and the stacks and exits 1 itself. Both write to file
+descriptor 2, whatever ``sys.stderr`` has been replaced with meanwhile.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import faulthandler
 import logging
 import os
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 EXIT_CODE = 1  # what faulthandler's watchdog exits with: the Python watcher says the same
 BACKSTOP_S = 10.0  # faulthandler's watchdog fires this much after the deadline
+STDERR_FD = 2
 
 
 @contextmanager
@@ -39,21 +40,29 @@ def start_deadline(seconds: float, what: str) -> Iterator[None]:
         yield
         return
     ended = threading.Event()
+    deciding = threading.Lock()  # the block's end and the watcher's verdict: one or the other
 
     def watch() -> None:
         if ended.wait(seconds):
             return
-        log.error(
-            "%s did not finish within %.0f s (--start-timeout-s): exiting %d so that the worker is "
-            "restarted; every thread's stack follows on stderr", what, seconds, EXIT_CODE,
-        )  # fmt: skip
-        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-        os._exit(EXIT_CODE)
+        with deciding:  # held until the exit: a block ending now cannot slip past the verdict
+            if ended.is_set():
+                return
+            try:
+                log.error(
+                    "%s did not finish within %.0f s (--start-timeout-s): exiting %d so that the "
+                    "worker is restarted; every thread's stack follows on stderr", what, seconds, EXIT_CODE,
+                )  # fmt: skip
+                faulthandler.dump_traceback(file=STDERR_FD, all_threads=True)
+            finally:
+                os._exit(EXIT_CODE)
 
-    threading.Thread(target=watch, name="start-deadline", daemon=True).start()
-    faulthandler.dump_traceback_later(seconds + BACKSTOP_S, exit=True, file=sys.stderr)
+    watcher = threading.Thread(target=watch, name="start-deadline", daemon=True)
     try:
+        watcher.start()
+        faulthandler.dump_traceback_later(seconds + BACKSTOP_S, exit=True, file=STDERR_FD)
         yield
     finally:
-        ended.set()
+        with deciding:
+            ended.set()
         faulthandler.cancel_dump_traceback_later()

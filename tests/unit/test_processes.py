@@ -512,6 +512,45 @@ def test_the_children_due_are_probed_at_once_and_no_probe_thread_outlives_the_st
     assert not [t.name for t in threading.enumerate() if t.name.startswith("probe")]
 
 
+def test_without_threads_the_children_are_probed_one_after_the_other(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No thread to be had (a pids limit, no memory) does not end the parent: the probes are
+    asked in turn, as they answer."""
+
+    def no_thread(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    h = Harness()
+    h.health[7000] = SILENT
+    with caplog.at_level(logging.WARNING, logger="worker.processes"):
+        h.after(10)
+    assert sorted(h.probes) == [7000, 7001]
+    assert [s.probe_failures for s in h.supervisor.slots] == [1, 0]
+    assert "cannot start probe threads (can't start new thread)" in caplog.text
+
+
+def test_a_stop_requested_while_the_probes_wait_stops_the_children_cleanly() -> None:
+    """SIGTERM while the probes wait (5 s for a worker that does not answer): the third silent
+    answer does not SIGKILL that worker; the stop sends every worker SIGTERM."""
+    h = Harness()
+    h.health[7000] = SILENT
+    h.after(10)
+    h.after(10)
+    asked = h.probe
+
+    def probe_then_stop(port: int) -> Unhealthy | None:
+        h.supervisor.request_stop()  # the signal handler, during the probe
+        return asked(port)
+
+    h.supervisor.probe = probe_then_stop
+    h.after(10)
+    assert h.running(7000).signals == [], "no SIGKILL for a third failure that came with the stop"
+    h.after(0)
+    assert h.running(7000).signals == [signal.SIGTERM] and h.running(7001).signals == [signal.SIGTERM]
+
+
 def test_no_probes_while_stopping() -> None:
     h = Harness()
     h.supervisor.request_stop()

@@ -64,6 +64,22 @@ def test_a_hang_that_holds_the_gil_is_ended_by_the_backstop() -> None:
     assert "did not finish" not in err, err
 
 
+def test_the_stacks_reach_stderr_when_sys_stderr_was_replaced_during_the_load() -> None:
+    code, err, _ = run("""
+        import contextlib, io
+
+        def hang_here():
+            time.sleep(60)
+
+        with sd.start_deadline(1.0, "loading"):
+            with contextlib.redirect_stderr(io.StringIO()):  # as loaders that hide output do
+                hang_here()
+    """)
+    assert code == 1, err
+    assert "did not finish within 1 s" in err and "in hang_here" in err, err
+    assert "Timeout (" not in err, "the watcher died and left it to the backstop"
+
+
 def test_a_block_that_ends_in_time_cancels_both_watchers() -> None:
     code, err, _ = run("""
         with sd.start_deadline(1.0, "loading"):
