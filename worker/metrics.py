@@ -11,7 +11,15 @@ from collections import Counter as Tally
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+)
 
 from schemas.errors import DEAD_LETTER_REASONS
 
@@ -208,4 +216,7 @@ class Metrics:
             m.dead_letters.labels(reason=reason)
         for closed_by in CLOSED_BY:
             m.batches.labels(closed_by=closed_by)
+        # process_start_time_seconds (the SentimentWorkerRestarting alert counts its changes: a
+        # crash loop), resident memory, CPU, open files: read from /proc at each scrape
+        ProcessCollector(registry=registry)
         return m

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 from tokenizers import Tokenizer
 
@@ -79,6 +80,9 @@ def test_batches_close_by_count_by_tokens_and_by_wait(
         "long texts are truncated and flagged, not rejected"
     )
     assert "sentiment_batch_padding_fraction" not in text, "the packed engine computes no padding"
+    # the process metrics: SentimentWorkerRestarting counts the changes of its start time
+    started = psutil.Process(worker.pid).create_time()
+    assert sample(text, "process_start_time_seconds") == pytest.approx(started, abs=1)
     assert sample(text, "sentiment_tokenise_seconds_count") >= 3
     assert sample(text, "sentiment_pending_reviews") == 0 and sample(text, "sentiment_in_flight_batches") == 0
 

@@ -34,7 +34,7 @@ def exported_names() -> set[str]:
 
 
 def metric_names(expr: str) -> set[str]:
-    return set(re.findall(r"\bsentiment_\w+", expr))
+    return set(re.findall(r"\b(?:sentiment|process)_\w+", expr))
 
 
 def dashboard_exprs() -> list[tuple[str, str]]:
@@ -126,12 +126,22 @@ def test_every_alert_has_a_summary_a_runbook_and_exported_metrics() -> None:
     rules = rule_exprs()
     assert {r["alert"] for r in rules} == {
         "SentimentConsumerLagGrowing", "SentimentDeadLetterRateHigh", "SentimentLatencyP99High",
-        "SentimentWorkerNotReady", "SentimentNoResults", "SentimentPublishRetrying",
-        "SentimentBrokerUnreachable", "SentimentEmbeddingServerFailing",
+        "SentimentWorkerNotReady", "SentimentWorkerRestarting", "SentimentNoResults",
+        "SentimentPublishRetrying", "SentimentBrokerUnreachable", "SentimentEmbeddingServerFailing",
     }  # fmt: skip
     for rule in rules:
         assert rule["annotations"]["summary"] and rule["annotations"]["runbook"], rule["alert"]
         assert metric_names(rule["expr"]) <= exported, rule["alert"]
+
+
+def test_the_alerts_fire_on_promtools_series() -> None:
+    """``ops/prometheus/rules_test.yml``: a worker in a crash loop pages through
+    SentimentWorkerRestarting, which SentimentWorkerNotReady (5 minutes not scraped) misses."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool not found: ./setup.sh --dev installs Debian's prometheus package"
+    tests = OPS / "prometheus" / "rules_test.yml"
+    proc = subprocess.run([promtool, "test", "rules", str(tests)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("check", [("config", OPS / "prometheus" / "prometheus.yml"), ("rules", RULES)])
