@@ -19,7 +19,7 @@ import pytest
 
 from tests.faults.conftest import Sizes
 from tests.faults.harness import Fleet, ReadyzPoller, children
-from tests.faults.ledger import Ledger, Message, reviews
+from tests.faults.ledger import Ledger, Message, Report, reviews
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 SATURATED = ("--batch-size", "8", "--max-in-flight", "2")
@@ -130,6 +130,16 @@ def test_a_hung_model_call_makes_the_worker_not_ready_until_it_returns(
     assert worker.alive() and not worker.crashed_lines(), worker.tail()
 
 
+def assert_replaced_alone(report: Report, hung_pid: int, other: psutil.Process, batch: int = 16) -> None:
+    """Every input answered once, repeats within what was in flight, no dead letter; the hung
+    child gone, the other one never stopped."""
+    assert not report.lost, f"{report.summary}; lost e.g. {report.lost[:5]}"
+    assert report.duplicates <= (4 + 2) * batch, report.summary  # the default --max-in-flight is 4
+    assert report.dead_letters == 0, report.summary
+    assert not psutil.pid_exists(hung_pid) or psutil.Process(hung_pid).status() == psutil.STATUS_ZOMBIE
+    assert other.is_running() and other.status() != psutil.STATUS_ZOMBIE, "the healthy child was stopped"
+
+
 def test_processes_2_a_child_whose_model_call_hangs_is_replaced_and_nothing_is_stuck(
     fleet: Fleet, ledger: Ledger, sizes: Sizes, tmp_path: Path
 ) -> None:
@@ -162,11 +172,7 @@ def test_processes_2_a_child_whose_model_call_hangs_is_replaced_and_nothing_is_s
     report = ledger.wait(timeout_s=sizes.drain_s)
     print(f"--processes 2, a child hung at {at_hang} outputs: {report.summary}")
     assert at_hang < n, "the hang came after the backlog was done: not mid-stream"
-    assert not report.lost, f"{report.summary}; lost e.g. {report.lost[:5]}"
-    assert report.duplicates <= (4 + 2) * 16, report.summary  # the default --max-in-flight is 4
-    assert report.dead_letters == 0, report.summary
-    assert not psutil.pid_exists(hung_pid) or psutil.Process(hung_pid).status() == psutil.STATUS_ZOMBIE
-    assert other.is_running() and other.status() != psutil.STATUS_ZOMBIE, "the healthy child was stopped"
+    assert_replaced_alone(report, hung_pid, other)
     log = parent.log_text()
     assert "model call hung" in log and "stopping the others" not in log, parent.tail()
     assert parent.terminate() == 0, parent.tail()
@@ -196,11 +202,7 @@ def test_processes_2_a_child_whose_model_load_hangs_is_restarted_by_its_start_de
 
     report = ledger.wait(timeout_s=sizes.drain_s)
     print(f"--processes 2, a child's model loading hung: {report.summary}")
-    assert not report.lost, f"{report.summary}; lost e.g. {report.lost[:5]}"
-    assert report.duplicates <= (4 + 2) * 16, report.summary  # the default --max-in-flight is 4
-    assert report.dead_letters == 0, report.summary
-    assert not psutil.pid_exists(hung_pid) or psutil.Process(hung_pid).status() == psutil.STATUS_ZOMBIE
-    assert other.is_running() and other.status() != psutil.STATUS_ZOMBIE, "the healthy child was stopped"
+    assert_replaced_alone(report, hung_pid, other)
     log = parent.log_text()
     # the GIL was held: faulthandler's watchdog fired, naming where the load hung
     assert "Timeout (0:00:25)!" in log and "in hang_holding_the_gil" in log, parent.tail()
