@@ -8,27 +8,58 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import random
 import socket
 from pathlib import Path
 
+LOWEST_FREE_PORT = 10000  # below: the well-known services' usual ports
+LINUX_EPHEMERAL = (32768, 60999)  # Linux's default ip_local_port_range
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel takes outgoing connections' local ports from."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return LINUX_EPHEMERAL
+    return low, high
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port nothing holds, to listen on a moment later (``--web-port 0``, the tests' servers)."""
+    return free_ports(1, host)
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> int:
-    """The first of ``count`` consecutive free ports (``--processes N`` serves port, port + 1, ...)."""
-    while True:
-        first = free_port(host)
-        try:
-            for port in range(first, first + count):
-                with socket.socket() as s:
-                    s.bind((host, port))
+    """The first of ``count`` consecutive free ports (``--processes N`` serves port, port + 1, ...).
+
+    Chosen outside the kernel's ephemeral range: a port the kernel handed out as free (bind to
+    port 0) is in that range, so an outgoing connection (any process's: a Kafka client's) could
+    take it as its local port before the server binds it, which then fails with "address already
+    in use"."""
+    low, high = ephemeral_ports()
+    spans = [(a, b) for a, b in ((LOWEST_FREE_PORT, low - count), (high + 1, 65536 - count)) if b > a]
+    pick = random.SystemRandom()
+    for _ in range(1000 if spans else 0):
+        a, b = pick.choice(spans)
+        if _all_free(host, first := pick.randrange(a, b), count):
             return first
-        except OSError:
-            continue
+    while True:  # no room outside the ephemeral range: take the kernel's choice
+        with socket.socket() as s:
+            s.bind((host, 0))
+            first = int(s.getsockname()[1])
+        if _all_free(host, first, count):
+            return first
+
+
+def _all_free(host: str, first: int, count: int) -> bool:
+    try:
+        for port in range(first, first + count):
+            with socket.socket() as s:
+                s.bind((host, port))
+    except OSError:
+        return False
+    return True
 
 
 def _listening_inodes(port: int) -> set[int] | None:
