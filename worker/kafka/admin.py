@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import threading
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -23,6 +25,8 @@ from schemas.errors import ConfigError, SentimentError
 log = logging.getLogger(__name__)
 
 DEFAULT_REPLICATION = "default.replication.factor"
+RESOLVER_THREADS = "broker-check"  # the name prefix of require_reachable's host-name lookup threads
+RESOLVER_JOIN_S = 2.0  # how long require_reachable waits for them to end after its check
 
 
 class BrokerError(SentimentError):
@@ -219,7 +223,25 @@ def require_reachable(
     refuses the TLS/SASL settings (``security``, from ``aiokafka_security``): before the model
     loads, not as a client's retries and a traceback after it."""
     loop = asyncio.new_event_loop()  # not asyncio.run: that would unset the loop faust picks up later
+    # the loop looks host names up in its executor's threads; an executor of our own, so that they
+    # can be told apart and joined below
+    loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix=RESOLVER_THREADS))
     try:
         loop.run_until_complete(check_connection(brokers, security, timeout_s))
     finally:
-        loop.close()
+        loop.close()  # tells the executor's threads to end, without waiting for them
+        _join_resolvers(RESOLVER_JOIN_S)
+
+
+def _join_resolvers(timeout_s: float) -> None:
+    """Wait (``timeout_s`` at most) for the lookup threads to end: the ``--processes`` parent forks
+    its children right after a check, with a ``preexec_fn``, which is unsafe beside another thread
+    (the child can deadlock before ``exec`` on a lock that thread held). A lookup that hangs
+    longer is left behind, and said so."""
+    deadline = time.monotonic() + timeout_s
+    for thread in threading.enumerate():
+        if thread.name.startswith(RESOLVER_THREADS + "_"):
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.warning("a broker host name lookup is still running after %.0f s; going on", timeout_s)
+                return
